@@ -1,0 +1,180 @@
+"""Typed models of a workflow file. Every section forbids unknown keys.
+
+Relative paths are resolved before validation by :mod:`pipeline.config.loader`: against the folder of the file
+that contains them, or against the current directory for ``--set`` overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Device = Literal["auto", "cpu", "cuda"]
+# Paths come from YAML as strings: the one place where a str is accepted for another type.
+PathField = Annotated[Path, Field(strict=False)]
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, values are not coerced across types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataConfig(Strict):
+    """Where the cases come from."""
+
+    manifest: PathField
+    root: PathField | None = Field(
+        default=None,
+        description="folder the manifest's relative image paths start from (default: the manifest's folder); "
+        "synthetic manifests generate their files here on first use",
+    )
+
+
+class IntensityConfig(Strict):
+    mode: Literal["zscore", "percentile", "none"] = "zscore"
+    lower: float = 0.5
+    upper: float = 99.5
+    nonzero: bool = False
+
+
+class PatchConfig(Strict):
+    size: list[int] = Field(min_length=3, max_length=3)
+    num_samples: int = Field(default=4, ge=1)
+    pos: float = Field(default=1.0, ge=0)
+    neg: float = Field(default=1.0, ge=0)
+
+
+class AugmentConfig(Strict):
+    flip_prob: float = Field(default=0.0, ge=0, le=1)
+    flip_axes: list[int] = Field(default_factory=lambda: [0])
+    rotate_prob: float = Field(default=0.0, ge=0, le=1)
+    rotate_deg: list[float] = Field(default_factory=lambda: [0.0, 0.0, 15.0], min_length=3, max_length=3)
+    scale_prob: float = Field(default=0.0, ge=0, le=1)
+    scale_range: float = Field(default=0.1, ge=0, lt=1)
+    intensity_prob: float = Field(default=0.0, ge=0, le=1)
+    intensity_shift: float = Field(default=0.1, ge=0)
+    intensity_scale: float = Field(default=0.1, ge=0)
+
+
+class PreprocessConfig(Strict):
+    """MONAI dictionary transforms: deterministic ones (cached) then random ones (per sample)."""
+
+    orientation: str | None = "RAS"
+    spacing: list[float] | None = Field(default=None, min_length=3, max_length=3)
+    intensity: IntensityConfig = IntensityConfig()
+    crop_foreground: bool = False
+    crop_margin: int = Field(default=4, ge=0)
+    patch: PatchConfig
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("orientation")
+    @classmethod
+    def _axcodes(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 3 or sorted(v.upper().translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]):
+            raise ValueError(f"orientation must be three axis codes such as 'RAS' or 'LPS', not {v!r}")
+        return v.upper() if v else v
+
+
+class ModelConfig(BaseModel):
+    """``name`` picks a registered model; every other key is a keyword argument of its constructor."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    name: str
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ComponentConfig(ModelConfig):
+    """A registered component (loss, ...) chosen by ``name`` with keyword arguments."""
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.99, ge=0)
+
+
+class ScheduleConfig(Strict):
+    name: Literal["poly", "constant"] = "poly"
+    power: float = Field(default=0.9, gt=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(ge=1)
+    iterations_per_epoch: int | None = Field(default=None, ge=1, description="default: one pass over the training cases")
+    batch_size: int = Field(default=2, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_schedule: ScheduleConfig = ScheduleConfig()
+    loss: ComponentConfig = ComponentConfig(name="dice")
+    val_every: int = Field(default=5, ge=1)
+    amp: bool = True
+    num_workers: int = Field(default=0, ge=0)
+    device: Device = "auto"
+    progress: bool = True
+
+
+class InferConfig(Strict):
+    roi_size: list[int] = Field(min_length=3, max_length=3)
+    overlap: float = Field(default=0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(default=1, ge=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    sigma_scale: float = Field(default=0.125, gt=0)
+    tta_flip_axes: list[int] = Field(default_factory=list, description="spatial axes to mirror for test-time augmentation")
+    device: Device = "auto"
+
+    @field_validator("tta_flip_axes")
+    @classmethod
+    def _axes(cls, v: list[int]) -> list[int]:
+        bad = [a for a in v if a not in (0, 1, 2)]
+        if bad:
+            raise ValueError(f"spatial axes are 0, 1 or 2, not {bad}")
+        return v
+
+
+class PostprocessConfig(Strict):
+    keep_largest_component: bool | list[int] = Field(
+        default=False, description="true for every foreground class, or the list of classes"
+    )
+    crf: dict[str, Any] | None = Field(default=None, description="dense CRF (not available yet)")
+
+    @field_validator("crf")
+    @classmethod
+    def _crf(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            raise ValueError("dense CRF postprocessing is not available yet; remove 'crf' or set it to null")
+        return v
+
+
+class EvaluateConfig(Strict):
+    metrics: list[Literal["dice", "hd95", "asd"]] = Field(default_factory=lambda: ["dice", "hd95", "asd"])
+    figures: int = Field(default=3, ge=0, description="test cases drawn in the overview PNG")
+
+
+class TrackingConfig(Strict):
+    enabled: bool = True
+    experiment: str | None = Field(default=None, description="default: the workflow's name")
+    tracking_uri: str | None = Field(
+        default=None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder"
+    )
+    log_checkpoint: bool = True
+
+
+class Workflow(Strict):
+    """A whole workflow file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    preprocess: PreprocessConfig
+    model: ModelConfig
+    train: TrainConfig
+    infer: InferConfig
+    postprocess: PostprocessConfig = PostprocessConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
