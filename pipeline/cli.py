@@ -1,0 +1,110 @@
+"""The ``pipeline`` command line.
+
+A user's mistake (a :class:`~pipeline.errors.PipelineError`) is printed as one message with exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.config.loader import load_workflow
+
+    loaded = load_workflow(args.workflow, args.set)
+    print(f"{loaded.source}: OK (workflow '{loaded.workflow.name}')")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.config.loader import load_workflow
+    from pipeline.engine.runner import run_workflow
+
+    loaded = load_workflow(args.workflow, args.set)
+    result = run_workflow(
+        loaded, run_dir=Path(args.run_dir) if args.run_dir else None, from_stage=args.from_stage, only=args.only,
+        force=args.force,
+    )
+    if result.summary:
+        s = result.summary
+        extra = ", ".join(f"{k}={s[k]:.3f}" for k in ("hd95_mean", "asd_mean") if isinstance(s.get(k), float))
+        print(f"test dice_mean={s['dice_mean']:.4f}" + (f", {extra}" if extra else ""))
+    print(f"ran: {', '.join(result.executed) or '-'}; reused: {', '.join(result.reused) or '-'}")
+    if result.mlflow_run_id:
+        print(f"MLflow run: {result.mlflow_run_id}")
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from pipeline.data.msd import fetch_msd_prostate
+
+    manifest = fetch_msd_prostate(Path(args.root), archive=Path(args.archive) if args.archive else None,
+                                  progress=not args.quiet)
+    print(f"manifest written: {manifest}")
+    print(f"run the workflow on it with: pipeline run workflows/vnet_prostate.yaml --set data.manifest={manifest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description="Medical image segmentation workflows.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a workflow value, e.g. --set train.epochs=2 (repeatable)")
+
+    p = sub.add_parser("validate", help="check a workflow file without running it")
+    p.add_argument("workflow")
+    add_set(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("run", help="run a workflow (unchanged stages are reused)")
+    p.add_argument("workflow")
+    add_set(p)
+    p.add_argument("--run-dir", help="run folder (default runs/<workflow>/<config hash>)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run STAGE and every later stage")
+    g.add_argument("--only", metavar="STAGE", help="re-run just STAGE (earlier stages must be finished)")
+    p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download a public dataset and write its manifest")
+    f.add_argument("dataset", choices=["msd-prostate"])
+    f.add_argument("--root", required=True, help="folder to download and extract into")
+    f.add_argument("--archive", help="use this already downloaded archive instead of downloading")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=_cmd_fetch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    for noisy in ("mlflow", "alembic", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Checks every case before any work: files readable and complete, no NaN, image and label on one grid,
+label values declared in the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.data.manifest import Case, Manifest
+from pipeline.errors import DataError
+
+AFFINE_TOL = 1e-3  # millimetres / direction cosines
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """What the checks learned about a case."""
+
+    id: str
+    split: str
+    image: str
+    label: str
+    shape: list[int]
+    spacing: list[float]
+    channels: int
+
+
+def read_nifti(path: Path, what: str, case_id: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Load a NIfTI image and its data, turning every failure into one clear :class:`DataError`."""
+    if not path.is_file():
+        raise DataError(f"case '{case_id}': {what} file not found: {path}")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for truncated or corrupt files
+        raise DataError(
+            f"case '{case_id}': cannot read {what} {path} (truncated or corrupt file: {exc}); "
+            "re-download or regenerate it"
+        ) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"case '{case_id}': {what} {path} is not a NIfTI image")
+    return img, data
+
+
+def check_case(case: Case, manifest: Manifest) -> CaseInfo:
+    """Check one case.
+
+    Raises:
+        DataError: naming the case, the file and what to do.
+    """
+    img, data = read_nifti(case.image, "image", case.id)
+    if data.ndim not in (3, 4):
+        raise DataError(f"case '{case.id}': image {case.image} has {data.ndim} dimensions; expected a 3D volume "
+                        "or a 4D volume with channels last")
+    channels = 1 if data.ndim == 3 else data.shape[3]
+    if channels != len(manifest.channels):
+        raise DataError(f"case '{case.id}': image {case.image} has {channels} channel(s) but the manifest declares "
+                        f"{len(manifest.channels)} ({', '.join(manifest.channels)})")
+    if np.issubdtype(data.dtype, np.floating):
+        n_nan = int(np.count_nonzero(~np.isfinite(data)))
+        if n_nan:
+            raise DataError(f"case '{case.id}': image {case.image} has {n_nan} NaN or infinite voxels; "
+                            "fix or exclude the case")
+    assert case.label is not None
+    lbl, ldata = read_nifti(case.label, "label", case.id)
+    if ldata.shape[:3] != data.shape[:3] or ldata.ndim != 3:
+        raise DataError(f"case '{case.id}': label {case.label} has shape {tuple(ldata.shape)} but image "
+                        f"{case.image} has spatial shape {tuple(data.shape[:3])}; they must be on the same grid")
+    if not np.allclose(lbl.affine, img.affine, atol=AFFINE_TOL):
+        raise DataError(f"case '{case.id}': label {case.label} and image {case.image} have different affines "
+                        f"(image\n{np.round(img.affine, 4)}\nlabel\n{np.round(lbl.affine, 4)}); "
+                        "resample the label onto the image grid")
+    if np.issubdtype(ldata.dtype, np.floating):
+        if not np.all(np.isfinite(ldata)) or not np.all(ldata == np.round(ldata)):
+            raise DataError(f"case '{case.id}': label {case.label} holds non-integer or NaN values")
+    values = {int(v) for v in np.unique(ldata)}
+    undeclared = sorted(values - set(manifest.labels))
+    if undeclared:
+        raise DataError(f"case '{case.id}': label {case.label} holds values {undeclared} that the manifest "
+                        f"{manifest.path} does not declare (labels: {manifest.labels})")
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    return CaseInfo(case.id, case.split, str(case.image), str(case.label), list(map(int, data.shape[:3])),
+                    zooms, channels)
+
+
+def check_cases(cases: list[Case], manifest: Manifest) -> list[CaseInfo]:
+    """Check every case and report all failing cases in one :class:`DataError`."""
+    infos, problems = [], []
+    for case in cases:
+        try:
+            infos.append(check_case(case, manifest))
+        except DataError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise DataError(f"{len(problems)} case(s) of {manifest.path} failed the checks:\n"
+                        + "\n".join(f"  - {p}" for p in problems))
+    return infos

@@ -1,0 +1,55 @@
+"""An overview figure: image, reference and prediction for a few test cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from pipeline.io.atomic import atomic_path  # noqa: E402
+
+COLORS = ["#00000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
+
+
+def _ras(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    img = nib.as_closest_canonical(nib.load(path))
+    return np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def overview_png(cases: list[dict[str, str]], labels: dict[str, str], target: Path) -> None:
+    """Draw one row per case (axial slice with the most reference foreground): image, reference, prediction.
+
+    Args:
+        cases: dicts with ``id``, ``image``, ``label`` and ``pred`` paths.
+        labels: class index (str) → name, for the legend.
+        target: PNG path, written atomically.
+    """
+    rows = max(len(cases), 1)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    cmap = ListedColormap(COLORS[: max(len(labels), 2)])
+    for row, case in zip(axes, cases, strict=False):
+        image, zooms = _ras(case["image"])
+        truth, _ = _ras(case["label"])
+        pred, _ = _ras(case["pred"])
+        image = image[..., 0] if image.ndim == 4 else image
+        z = int(np.argmax((truth > 0).sum(axis=(0, 1))))
+        aspect = zooms[1] / zooms[0]
+        for ax, overlay, title in zip(row, (None, truth, pred), ("image", "reference", "prediction"), strict=True):
+            ax.imshow(np.rot90(image[:, :, z]), cmap="gray", aspect=aspect)
+            if overlay is not None:
+                ax.imshow(np.rot90(overlay[:, :, z]), cmap=cmap, vmin=0, vmax=len(COLORS[: max(len(labels), 2)]) - 1,
+                          alpha=0.45, interpolation="nearest", aspect=aspect)
+            ax.set_title(f"{case['id']} z={z}: {title}", fontsize=9)
+            ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[int(k)]) for k in labels if int(k) > 0]
+    fig.legend(handles, [v for k, v in labels.items() if int(k) > 0], loc="lower center", ncol=max(len(handles), 1))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

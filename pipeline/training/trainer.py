@@ -1,0 +1,179 @@
+"""Supervised training of a segmentation network on preprocessed cases.
+
+Poly learning-rate decay (power from config, 0.9 by default) per iteration, AMP on CUDA, validation Dice every
+``val_every`` epochs on whole validation volumes (sliding window), best and last checkpoints, resume from the
+last checkpoint, and a seed that makes CPU runs repeatable (every epoch re-seeds the sampler and augmentations).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader, list_data_collate
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
+from monai.utils import set_determinism
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.config.schema import Workflow
+from pipeline.errors import PipelineError
+from pipeline.inference.predict import predict_case, select_device
+from pipeline.io.atomic import write_json
+from pipeline.losses import LOSSES
+from pipeline.models import build_model
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.transforms.build import random_transforms
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class TrainResult:
+    best_dice: float
+    best_epoch: int
+    epochs: int
+    history: list[dict[str, float]]
+
+
+def check_divisible(model: nn.Module, sizes: dict[str, list[int]]) -> None:
+    """Patch and window sizes must be divisible by the network's total down-sampling stride."""
+    stride_of = getattr(model, "total_stride", None)
+    if stride_of is None:
+        return
+    stride = stride_of()
+    for what, size in sizes.items():
+        if any(s % f for s, f in zip(size, stride, strict=True)):
+            raise PipelineError(f"{what} {size} must be divisible by the model's total stride {list(stride)} "
+                                f"per axis; change {what} or model.strides/levels")
+
+
+def _optimizer(model: nn.Module, wf: Workflow) -> torch.optim.Optimizer:
+    o = wf.train.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                               nesterov=True)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _schedule(opt: torch.optim.Optimizer, wf: Workflow, total_iters: int) -> torch.optim.lr_scheduler.LRScheduler:
+    s = wf.train.lr_schedule
+    if s.name == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=total_iters, power=s.power)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+def validate(model: nn.Module, data: list[dict[str, Any]], wf: Workflow, device: torch.device,
+             num_classes: int) -> float:
+    """Mean foreground Dice over the validation volumes (on the preprocessed grid)."""
+    metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
+    model.eval()
+    for item in data:
+        probs = predict_case(model, item["image"], wf.infer, device)
+        pred = one_hot(probs.argmax(0, keepdim=True)[None], num_classes)
+        truth = one_hot(item["label"].long()[None], num_classes)
+        metric(pred, truth)
+    value = float(metric.aggregate().item()) if data else float("nan")
+    model.train()
+    return value
+
+
+def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: dict[str, list[dict[str, str]]],
+          labels: dict[str, str], channels: list[str], resume: bool) -> TrainResult:
+    """Train the workflow's model on the preprocessed ``cases`` and write checkpoints into ``stage_dir``."""
+    cfg, pp = wf.train, wf.preprocess
+    device = select_device(cfg.device)
+    num_classes = max(int(k) for k in labels) + 1
+    set_determinism(seed=wf.seed)
+    model_kwargs = wf.model.kwargs()
+    model = build_model(wf.model.name, model_kwargs, len(channels), num_classes).to(device)
+    check_divisible(model, {"preprocess.patch.size": pp.patch.size, "infer.roi_size": wf.infer.roi_size})
+    loss_fn = LOSSES.get(cfg.loss.name)(**cfg.loss.kwargs())
+
+    def files(split: str) -> list[dict[str, str]]:
+        return [{"image": str(run_dir / c["image"]), "label": str(run_dir / c["label"])} for c in cases.get(split, [])]
+
+    load = [LoadImaged(keys=("image", "label"), image_only=True), EnsureChannelFirstd(keys=("image", "label"))]
+    train_tf = Compose(load + random_transforms(pp))
+    train_ds = CacheDataset(files("training"), train_tf, cache_rate=1.0, progress=False)
+    val_ds = CacheDataset(files("validation"), Compose(load + [EnsureTyped(keys=("image", "label"), track_meta=False)]),
+                          cache_rate=1.0, progress=False)
+    iters = cfg.iterations_per_epoch or math.ceil(len(train_ds) / cfg.batch_size)
+    generator = torch.Generator()
+    sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=iters * cfg.batch_size,
+                                             generator=generator)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=list_data_collate)
+    opt = _optimizer(model, wf)
+    sched = _schedule(opt, wf, cfg.epochs * iters)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start, best_dice, best_epoch, history = 0, -1.0, -1, []
+    last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, device)
+        model.load_state_dict(state["model_state"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
+        history = list(state["history"])
+        log.info("[train] resuming after epoch %d of %d", start, cfg.epochs)
+
+    meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
+                      "out_channels": num_classes}, "labels": labels, "channels": channels}
+    bar = tqdm(total=cfg.epochs * iters, initial=start * iters, desc="train", unit="it", disable=not cfg.progress,
+               dynamic_ncols=True)
+    model.train()
+    for epoch in range(start, cfg.epochs):
+        train_tf.set_random_state(seed=wf.seed + epoch)
+        generator.manual_seed(wf.seed + epoch)
+        torch.manual_seed(wf.seed + epoch)
+        losses = []
+        for batch in loader:
+            x, y = batch["image"].to(device), batch["label"].to(device)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+                loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                raise PipelineError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
+                                    "lower train.optimizer.lr")
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(float(loss.item()))
+            bar.update(1)
+            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{losses[-1]:.4f}",
+                            best_dice=f"{best_dice:.3f}" if best_dice >= 0 else "-")
+        row: dict[str, float] = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
+                                 "lr": opt.param_groups[0]["lr"]}
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            dice = validate(model, list(val_ds), wf, device, num_classes) if len(val_ds) else float("nan")
+            row["val_dice"] = dice
+            if len(val_ds) == 0 or dice > best_dice:
+                best_dice, best_epoch = (dice if dice == dice else best_dice), epoch + 1
+                save_checkpoint(best_path, {**meta, "model_state": model.state_dict(), "epoch": epoch,
+                                            "val_dice": dice})
+        history.append(row)
+        save_checkpoint(last_path, {
+            **meta, "model_state": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best_dice, "best_epoch": best_epoch,
+            "history": history,
+        })
+        write_json(stage_dir / "history.json", history)
+    bar.close()
+    return TrainResult(best_dice, best_epoch, cfg.epochs, history)
+
+
+def load_history(stage_dir: Path) -> list[dict[str, float]]:
+    return json.loads((stage_dir / "history.json").read_text())

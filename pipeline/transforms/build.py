@@ -1,0 +1,88 @@
+"""Build the MONAI transform chains from :class:`~pipeline.config.schema.PreprocessConfig`.
+
+The deterministic chain (load → channel-first → orientation → spacing → intensity → foreground crop) is applied
+once per case by the preprocess stage and at inference, where MONAI's ``Invertd`` undoes its spatial steps to map
+predictions back to the scan's own grid. The random chain (patch sampling and augmentation) runs per sample
+during training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from monai import transforms as mt
+
+from pipeline.config.schema import PreprocessConfig
+
+# NIfTI's world space: axis codes name the direction each voxel axis increases towards (RAS+).
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("image", "label")) -> list[mt.Transform]:
+    """Load and normalise a case; ``keys`` is ``("image",)`` at inference and ``("image", "label")`` otherwise."""
+    keys = tuple(keys)
+    has_label = "label" in keys
+    modes = tuple("bilinear" if k == "image" else "nearest" for k in keys)
+    chain: list[mt.Transform] = [
+        mt.LoadImaged(keys=keys, image_only=True, reader="NibabelReader"),
+        mt.EnsureChannelFirstd(keys=keys),
+        mt.EnsureTyped(keys=keys, dtype=np.float32, track_meta=True),
+    ]
+    if cfg.orientation:
+        chain.append(mt.Orientationd(keys=keys, axcodes=cfg.orientation, labels=RAS_LABELS))
+    if cfg.spacing:
+        chain.append(mt.Spacingd(keys=keys, pixdim=cfg.spacing, mode=modes))
+    if cfg.intensity.mode == "zscore":
+        chain.append(mt.NormalizeIntensityd(keys="image", nonzero=cfg.intensity.nonzero, channel_wise=True))
+    elif cfg.intensity.mode == "percentile":
+        chain.append(
+            mt.ScaleIntensityRangePercentilesd(
+                keys="image", lower=cfg.intensity.lower, upper=cfg.intensity.upper, b_min=0.0, b_max=1.0,
+                clip=True, channel_wise=True,
+            )
+        )
+    if cfg.crop_foreground:
+        chain.append(mt.CropForegroundd(keys=keys, source_key="image", margin=cfg.crop_margin, allow_smaller=True))
+    if has_label:
+        chain.append(mt.EnsureTyped(keys="label", dtype=np.uint8, track_meta=True))
+    return chain
+
+
+def random_transforms(cfg: PreprocessConfig) -> list[mt.Transform]:
+    """Patch sampling (positive/negative around the label) and augmentation for training."""
+    keys = ("image", "label")
+    aug = cfg.augment
+    size = cfg.patch.size
+    chain: list[mt.Transform] = [
+        mt.EnsureTyped(keys="label", dtype=np.float32),
+        mt.SpatialPadd(keys=keys, spatial_size=size),
+        mt.RandCropByPosNegLabeld(
+            keys=keys, label_key="label", spatial_size=size, pos=cfg.patch.pos, neg=cfg.patch.neg,
+            num_samples=cfg.patch.num_samples, image_key="image",
+        ),
+    ]
+    if aug.rotate_prob > 0:
+        chain.append(
+            mt.RandRotated(
+                keys=keys, prob=aug.rotate_prob, range_x=math.radians(aug.rotate_deg[0]),
+                range_y=math.radians(aug.rotate_deg[1]), range_z=math.radians(aug.rotate_deg[2]),
+                mode=("bilinear", "nearest"), padding_mode="border",
+            )
+        )
+    if aug.scale_prob > 0:
+        chain.append(
+            mt.RandZoomd(
+                keys=keys, prob=aug.scale_prob, min_zoom=1 - aug.scale_range, max_zoom=1 + aug.scale_range,
+                mode=("trilinear", "nearest"), keep_size=True,
+            )
+        )
+    if aug.flip_prob > 0:
+        for axis in aug.flip_axes:
+            chain.append(mt.RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=axis))
+    if aug.intensity_prob > 0:
+        chain.append(mt.RandScaleIntensityd(keys="image", factors=aug.intensity_scale, prob=aug.intensity_prob))
+        chain.append(mt.RandShiftIntensityd(keys="image", offsets=aug.intensity_shift, prob=aug.intensity_prob))
+    chain.append(mt.EnsureTyped(keys=keys, track_meta=False))
+    return chain
