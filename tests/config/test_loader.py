@@ -1,0 +1,101 @@
+"""Workflow parsing: presets, overrides, path resolution and every error reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config.loader import load_workflow
+from pipeline.errors import ConfigError
+from tests.utils import REPO, blob_dataset, tiny_workflow
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    return blob_dataset(tmp_path / "data")
+
+
+def problems_of(path: Path, overrides: list[str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_workflow(path, overrides)
+    return info.value.problems
+
+
+def test_shipped_workflow_resolves_presets_and_paths() -> None:
+    wf = load_workflow(REPO / "workflows" / "vnet_prostate.yaml").workflow
+    assert wf.model.name == "vnet" and wf.model.kwargs()["kernel_size"] == 5
+    assert wf.preprocess.patch.size == [64, 64, 16]
+    assert wf.infer.mode == "gaussian"
+    assert wf.data.manifest == (REPO / "data_manifests" / "prostate_demo.json").resolve()
+
+
+def test_overrides_are_typed_and_relative_paths_start_at_cwd(tmp_path: Path, manifest: Path, monkeypatch) -> None:
+    wf_path = tiny_workflow(tmp_path / "wf.yaml", manifest)
+    monkeypatch.chdir(manifest.parent)
+    wf = load_workflow(wf_path, ["train.epochs=7", "infer.overlap=0.5", "data.manifest=dataset.json"]).workflow
+    assert wf.train.epochs == 7 and wf.infer.overlap == 0.5
+    assert wf.data.manifest == manifest.resolve()
+
+
+def test_section_keys_override_their_preset(tmp_path: Path, manifest: Path) -> None:
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "m.yaml").write_text("name: vnet\nbase_channels: 4\nlevels: 2\nkernel_size: 3\n")
+    wf_path = tiny_workflow(tmp_path / "wf.yaml", manifest, model={"preset": "presets/m.yaml", "base_channels": 6})
+    kwargs = load_workflow(wf_path).workflow.model.kwargs()
+    assert kwargs == {"base_channels": 6, "levels": 2, "kernel_size": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: [unclosed\n", "malformed YAML at line"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_unreadable_yaml(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert expected in problems_of(path)[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"train.epochz": 3}, "train.epochz: unknown key"),
+        ({"train.epochs": "ten"}, "train.epochs: Input should be a valid integer, got 'ten'"),
+        ({"infer.overlap": 1.5}, "infer.overlap:"),
+        ({"model.name": "vnett"}, "model.name: unknown model 'vnett'; known: vnet. Did you mean 'vnet'?"),
+        ({"model.widht": 3}, "model.widht: unknown argument for model 'vnet'"),
+        ({"model.kernel_size": "five"}, "model.kernel_size:"),
+        ({"model.out_channels": 5}, "model.out_channels: set by the pipeline"),
+        ({"train.loss": {"name": "dicee"}}, "train.loss.name: unknown loss 'dicee'"),
+        ({"data.manifest": "/nonexistent/manifest.json"}, "data.manifest: file not found"),
+        ({"preprocess.orientation": "RAX"}, "preprocess.orientation:"),
+        ({"model.preset": "missing.yaml"}, "model.preset: preset file not found"),
+    ],
+)
+def test_each_problem_names_its_dotted_path(tmp_path: Path, manifest: Path, overrides: dict, expected: str) -> None:
+    path = tiny_workflow(tmp_path / "wf.yaml", manifest, **overrides)
+    problems = problems_of(path)
+    assert any(expected in p for p in problems), problems
+
+
+def test_unknown_key_suggests_the_closest(tmp_path: Path, manifest: Path) -> None:
+    path = tiny_workflow(tmp_path / "wf.yaml", manifest, **{"train.epochz": 3})
+    assert "Did you mean 'epochs'?" in problems_of(path)[0]
+
+
+def test_all_problems_reported_at_once_with_the_file(tmp_path: Path, manifest: Path) -> None:
+    path = tiny_workflow(tmp_path / "wf.yaml", manifest, **{"train.epochs": "ten", "infer.bogus": 1,
+                                                          "model.name": "unet9"})
+    with pytest.raises(ConfigError) as info:
+        load_workflow(path)
+    assert len(info.value.problems) == 3
+    assert str(path) in str(info.value)
+
+
+def test_bad_override_syntax(tmp_path: Path, manifest: Path) -> None:
+    path = tiny_workflow(tmp_path / "wf.yaml", manifest)
+    assert "expected KEY.PATH=VALUE" in problems_of(path, ["train.epochs"])[0]
+    assert "unknown key" in problems_of(path, ["train.nope=1"])[0]

@@ -1,0 +1,118 @@
+"""Stage reuse by content hash, --only / --from / --force, resume after an interruption, repeatability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import pipeline.training.trainer as trainer
+from pipeline.config.loader import load_workflow
+from pipeline.engine.runner import STAGE_ORDER, run_workflow
+from pipeline.errors import PipelineError
+from tests.utils import blob_dataset, tiny_workflow, write_nifti
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    manifest = blob_dataset(tmp_path / "data", n_train=3, n_val=1, n_test=2)
+    return tiny_workflow(tmp_path / "wf.yaml", manifest), tmp_path / "run"
+
+
+def run(wf: Path, run_dir: Path, overrides: list[str] | None = None, **kw):  # type: ignore[no-untyped-def]
+    return run_workflow(load_workflow(wf, overrides), run_dir=run_dir, **kw)
+
+
+def test_rerun_reuses_every_stage(setup: tuple[Path, Path]) -> None:
+    wf, run_dir = setup
+    first = run(wf, run_dir)
+    assert first.executed == list(STAGE_ORDER)
+    second = run(wf, run_dir)
+    assert second.executed == [] and second.reused == list(STAGE_ORDER)
+    assert second.summary == first.summary
+    assert not list(run_dir.rglob("*.part*")), "temporary files left behind"
+
+
+def test_only_what_changed_reruns(setup: tuple[Path, Path]) -> None:
+    wf, run_dir = setup
+    run(wf, run_dir)
+    assert run(wf, run_dir, ["evaluate.figures=1"]).executed == ["evaluate"]
+    r = run(wf, run_dir, ["evaluate.figures=1", "train.epochs=3"])
+    assert r.executed == ["train", "infer", "postprocess", "evaluate"]
+    assert r.reused == ["prepare", "preprocess"]
+
+
+def test_only_from_and_force(setup: tuple[Path, Path]) -> None:
+    wf, run_dir = setup
+    with pytest.raises(PipelineError, match="has not finished"):
+        run(wf, run_dir, only="evaluate")
+    run(wf, run_dir)
+    assert run(wf, run_dir, only="infer").executed == ["infer"]
+    # infer produced the same files, so later stages stay valid
+    assert run(wf, run_dir).executed == []
+    assert run(wf, run_dir, from_stage="postprocess").executed == ["postprocess", "evaluate"]
+    assert run(wf, run_dir, force=True).executed == list(STAGE_ORDER)
+    with pytest.raises(PipelineError, match="unknown stage"):
+        run(wf, run_dir, only="training")
+
+
+def test_changed_data_file_reruns_from_prepare(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    wf, run_dir = setup
+    run(wf, run_dir)
+    path = tmp_path / "data" / "imagesTr" / "case0.nii.gz"
+    img = nib.load(path)
+    write_nifti(path, np.asarray(img.dataobj) * 1.5, img.affine)
+    assert run(wf, run_dir).executed[0] == "prepare"
+
+
+def test_interrupted_training_resumes_and_matches(setup: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
+    wf, run_dir = setup
+    overrides = ["train.epochs=3"]
+    reference = run(wf, tmp_path / "reference", overrides)
+
+    real_write_json = trainer.write_json
+    calls = {"n": 0}
+
+    def interrupt_after_first_epoch(path, obj):  # type: ignore[no-untyped-def]
+        real_write_json(path, obj)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "write_json", interrupt_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(wf, run_dir, overrides)
+    assert not (run_dir / "train" / "_stage.json").exists()
+    assert torch.load(run_dir / "train" / "last.pt", weights_only=True)["epoch"] == 0
+
+    resumed = run(wf, run_dir, overrides)
+    assert resumed.reused == ["prepare", "preprocess"] and resumed.executed[0] == "train"
+    history = json.loads((run_dir / "train" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    ref_history = json.loads((tmp_path / "reference" / "train" / "history.json").read_text())
+    for a, b in zip(history, ref_history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert resumed.summary["dice_mean"] == pytest.approx(reference.summary["dice_mean"], abs=1e-6)
+
+
+def test_seeded_cpu_runs_repeat(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    wf, _ = setup
+    a = run(wf, tmp_path / "a")
+    b = run(wf, tmp_path / "b")
+    assert a.summary == b.summary
+
+
+def test_default_run_dir_is_named_by_config(setup: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
+    wf, _ = setup
+    monkeypatch.chdir(tmp_path)
+    r = run_workflow(load_workflow(wf), run_dir=None)
+    assert r.run_dir.parent == (tmp_path / "runs" / "tiny").resolve()
+    other = load_workflow(wf, ["train.epochs=1"])
+    from pipeline.engine.runner import run_id
+
+    assert run_id(other) != r.run_dir.name
+    assert run_id(load_workflow(wf, ["train.progress=true"])) == r.run_dir.name
