@@ -46,10 +46,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from pipeline.data.msd import fetch_msd_prostate
+    from pipeline.data.msd import MSD_PROSTATE_MD5, fetch_msd_prostate
 
     manifest = fetch_msd_prostate(Path(args.root), archive=Path(args.archive) if args.archive else None,
-                                  progress=not args.quiet)
+                                  md5=args.md5 or MSD_PROSTATE_MD5, progress=not args.quiet)
     print(f"manifest written: {manifest}")
     print(f"run the workflow on it with: pipeline run workflows/vnet_prostate.yaml --set data.manifest={manifest}")
     return 0
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("dataset", choices=["msd-prostate"])
     f.add_argument("--root", required=True, help="folder to download and extract into")
     f.add_argument("--archive", help="use this already downloaded archive instead of downloading")
+    f.add_argument("--md5", help="expected md5 of the archive (default: the official release's)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fetch)
     return parser

@@ -28,8 +28,8 @@ class DataConfig(Strict):
     manifest: PathField
     root: PathField | None = Field(
         default=None,
-        description="folder the manifest's relative image paths start from (default: the manifest's folder); "
-        "synthetic manifests generate their files here on first use",
+        description="folder the manifest's relative image paths start from (default: the manifest's data_root, "
+        "else its folder); synthetic manifests generate their files there on first use",
     )
 
 

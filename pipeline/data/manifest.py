@@ -1,8 +1,9 @@
 """Data manifests: the Medical Segmentation Decathlon ``dataset.json`` format, extended.
 
 The file stays readable by ``monai.data.load_decathlon_datalist``; the pipeline also uses per-case ``id``,
-``fold`` and ``spacing``, and the top-level ``domain``, ``spatial_dims``, ``labels``, ``channel_names`` and
-``source`` (a download with its checksum, or a ``generator`` that writes synthetic cases on first use).
+``fold`` and ``spacing``, and the top-level ``domain``, ``spatial_dims``, ``labels``, ``channel_names``,
+``source`` (a download with its checksum, or a ``generator`` that writes synthetic cases on first use) and
+``data_root`` (where the case paths start, relative to the manifest; default its own folder).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
 
     Args:
         path: the manifest JSON.
-        root: folder the relative image paths start from (default: the manifest's folder).
+        root: folder the relative image paths start from (default: the manifest's ``data_root``, itself relative
+            to the manifest's folder, else the manifest's folder).
 
     Raises:
         DataError: missing or malformed file, missing keys, labels not 0..N-1, duplicate case ids.
@@ -81,7 +83,12 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
         problems.append("'labels' is missing or empty")
     channels_raw = doc.get("channel_names") or doc.get("modality") or {"0": "image"}
     channels = [str(channels_raw[k]) for k in sorted(channels_raw, key=int)]
-    base = Path(root) if root is not None else path.parent
+    if root is not None:
+        base = Path(root)
+    elif isinstance(doc.get("data_root"), str):
+        base = path.parent / doc["data_root"]
+    else:
+        base = path.parent
     cases: dict[str, list[Case]] = {}
     seen: set[str] = set()
     for split in SPLITS:
