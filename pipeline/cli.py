@@ -55,6 +55,25 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crf(args: argparse.Namespace) -> int:
+    from pipeline.config.schema import CRFConfig
+    from pipeline.io.nifti import write_like
+    from pipeline.postprocess.apply_crf import load_crf_inputs, run_crf
+
+    try:
+        cfg = CRFConfig(backend=args.backend, device=args.device, iterations=args.iterations,
+                        smooth_weight=args.smooth_weight, smooth_sigma_mm=args.smooth_sigma_mm,
+                        bilateral_weight=args.bilateral_weight, bilateral_sigma_mm=args.bilateral_sigma_mm,
+                        bilateral_sigma_intensity=args.bilateral_sigma_intensity, bbox_margin_mm=args.bbox_margin_mm)
+    except ValueError as exc:
+        raise PipelineError(f"invalid CRF option: {exc}") from None
+    probs, image, spacing, _ = load_crf_inputs(Path(args.probs), Path(args.image), args.num_classes)
+    labels = run_crf(probs, image, spacing, cfg)
+    write_like(args.image, labels.astype("uint8"), args.out)
+    print(f"labels written: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Medical image segmentation workflows.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -72,12 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a workflow (unchanged stages are reused)")
     p.add_argument("workflow")
     add_set(p)
-    p.add_argument("--run-dir", help="run folder (default runs/<workflow>/<config hash>)")
+    p.add_argument("--run-dir", help="run folder (default runs/<workflow>/<hash of the training config>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run STAGE and every later stage")
     g.add_argument("--only", metavar="STAGE", help="re-run just STAGE (earlier stages must be finished)")
     p.add_argument("--force", action="store_true", help="re-run every stage")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("crf", help="dense CRF on saved class probabilities (x, y, z, class)")
+    p.add_argument("--probs", required=True, help="NIfTI of class probabilities, class axis last")
+    p.add_argument("--image", required=True, help="the scan the probabilities belong to (same grid)")
+    p.add_argument("--out", required=True, help="label map to write (keeps the image's geometry)")
+    p.add_argument("--backend", choices=["auto", "torch", "pydensecrf"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--iterations", type=int, default=5, help="mean-field iterations")
+    p.add_argument("--smooth-weight", type=float, default=3.0)
+    p.add_argument("--smooth-sigma-mm", type=float, default=3.0)
+    p.add_argument("--bilateral-weight", type=float, default=5.0)
+    p.add_argument("--bilateral-sigma-mm", type=float, default=10.0)
+    p.add_argument("--bilateral-sigma-intensity", type=float, default=0.5, help="in z-scored intensity units")
+    p.add_argument("--bbox-margin-mm", type=float, help="only refine the foreground box plus this margin")
+    p.add_argument("--num-classes", type=int, help="the model's class count; a different count is an error")
+    p.set_defaults(func=_cmd_crf)
 
     p = sub.add_parser("data", help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)

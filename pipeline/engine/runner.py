@@ -33,8 +33,9 @@ log = logging.getLogger("pipeline")
 STAGE_ORDER = ("prepare", "preprocess", "train", "infer", "postprocess", "evaluate")
 RECORD = "_stage.json"
 STARTED = "_started.json"
-# Keys that change how a run looks, not what it computes: left out of the run id.
-COSMETIC = {("tracking",), ("train", "progress"), ("description",)}
+# The run folder is named by what training depends on: changing inference, postprocessing or evaluation settings
+# re-runs only those stages in the same folder instead of training again.
+TRAINING_KEYS = ("name", "seed", "data", "preprocess", "model", "train")
 
 
 def _hash(obj: Any) -> str:
@@ -42,14 +43,11 @@ def _hash(obj: Any) -> str:
 
 
 def run_id(loaded: LoadedWorkflow) -> str:
-    """A short hash of the resolved config without its cosmetic keys."""
+    """A short hash of the resolved config that training depends on (progress bars excluded)."""
     cfg = loaded.resolved()
-    for path in COSMETIC:
-        node = cfg
-        for key in path[:-1]:
-            node = node.get(key, {})
-        node.pop(path[-1], None)
-    return _hash(cfg)[:10]
+    ident = {k: cfg[k] for k in TRAINING_KEYS}
+    ident["train"] = {k: v for k, v in ident["train"].items() if k != "progress"}
+    return _hash(ident)[:10]
 
 
 def _stages() -> list[Stage]:

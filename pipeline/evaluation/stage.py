@@ -26,6 +26,18 @@ def _spacing(img: nib.Nifti1Image) -> list[float]:
     return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)]
 
 
+def before_after_table(summary: dict[str, Any], metrics: list[str]) -> str:
+    """A Markdown table of each class's metrics without and with the CRF (DeepLab-style before/after)."""
+    head = "| class | " + " | ".join(f"{m} no CRF | {m} CRF" for m in metrics) + " |"
+    lines = [head, "|" + " --- |" * (1 + 2 * len(metrics))]
+    names = list(summary["classes"]) + ["mean"]
+    for name in names:
+        before = summary["no_crf"]["classes"].get(name) or {m: summary["no_crf"][f"{m}_mean"] for m in metrics}
+        after = summary["classes"].get(name) or {m: summary[f"{m}_mean"] for m in metrics}
+        lines.append(f"| {name} | " + " | ".join(f"{before[m]:.4f} | {after[m]:.4f}" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
 @STAGES.register("evaluate")
 class EvaluateStage(Stage):
     """Outputs the summary (also written to ``summary.json``) and the paths of the table and figure."""
@@ -40,34 +52,48 @@ class EvaluateStage(Stage):
         wf = ctx.workflow
         labels: dict[str, str] = ctx.upstream["prepare"]["labels"]
         num_classes = max(int(k) for k in labels) + 1
-        preds = ctx.upstream["postprocess"]["predictions"]
+        post = ctx.upstream["postprocess"]
+        # "" is the final prediction; with a CRF, "_no_crf" is the same pipeline without it (side by side).
+        variants = {"": post["predictions"]}
+        if "no_crf_predictions" in post:
+            variants["_no_crf"] = post["no_crf_predictions"]
+        metrics = list(wf.evaluate.metrics)
         cases = load_cases(ctx.run_dir)["test"]
         rows: list[dict[str, Any]] = []
         for case in tqdm(cases, desc="evaluate", unit="case", disable=not wf.train.progress):
             truth_img = nib.load(case["label"])
             truth = np.asarray(truth_img.dataobj).astype(np.int64)
-            pred = np.asarray(nib.load(str(ctx.run_dir / preds[case["id"]])).dataobj).astype(np.int64)
-            per_class = case_metrics(pred, truth, num_classes, _spacing(truth_img), wf.evaluate.metrics)
-            for c, values in per_class.items():
-                rows.append({"case": case["id"], "class": c, "class_name": labels[str(c)], **values})
-        metrics = list(wf.evaluate.metrics)
-        classes = {
-            labels[str(c)]: {m: nanmean([r[m] for r in rows if r["class"] == c]) for m in metrics}
-            for c in range(1, num_classes)
-        }
+            case_rows = {c: {"case": case["id"], "class": c, "class_name": labels[str(c)]}
+                         for c in range(1, num_classes)}
+            for suffix, preds in variants.items():
+                pred = np.asarray(nib.load(str(ctx.run_dir / preds[case["id"]])).dataobj).astype(np.int64)
+                for c, values in case_metrics(pred, truth, num_classes, _spacing(truth_img), metrics).items():
+                    case_rows[c].update({f"{m}{suffix}": v for m, v in values.items()})
+            rows.extend(case_rows.values())
         summary: dict[str, Any] = {"workflow": wf.name, "n_cases": len(cases)}
-        for m in metrics:
-            summary[f"{m}_mean"] = nanmean([v[m] for v in classes.values()])
-        summary["classes"] = classes
+        for suffix in variants:
+            classes = {labels[str(c)]: {m: nanmean([r[f"{m}{suffix}"] for r in rows if r["class"] == c])
+                                        for m in metrics} for c in range(1, num_classes)}
+            part = {f"{m}_mean": nanmean([v[m] for v in classes.values()]) for m in metrics}
+            part["classes"] = classes
+            if suffix:
+                summary["no_crf"] = part
+            else:
+                summary.update(part)
+        if "crf" in post:
+            summary["crf"] = post["crf"]
+            ctx.log.info("[evaluate] with vs without CRF:\n%s", before_after_table(summary, metrics))
+        fields = ["case", "class", "class_name"] + [f"{m}{s}" for m in metrics for s in variants]
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["case", "class", "class_name", *metrics], lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
         write_text(ctx.stage_dir / "cases.csv", buf.getvalue())
         files = ["evaluate/cases.csv", "summary.json"]
         if wf.evaluate.figures and cases:
-            shown = [{**c, "pred": str(ctx.run_dir / preds[c["id"]])} for c in cases[: wf.evaluate.figures]]
+            shown = [{**c, "pred": str(ctx.run_dir / post["predictions"][c["id"]])}
+                     for c in cases[: wf.evaluate.figures]]
             overview_png(shown, labels, ctx.stage_dir / "overview.png")
             files.append("evaluate/overview.png")
         write_json(ctx.run_dir / "summary.json", summary)
@@ -75,9 +101,13 @@ class EvaluateStage(Stage):
 
     def track(self, tracker: Tracker, ctx: StageContext, outputs: dict[str, Any]) -> None:
         summary = outputs["summary"]
-        flat = {f"test_{k}": v for k, v in summary.items() if k.endswith("_mean")}
-        for name, values in summary["classes"].items():
-            flat.update({f"test_{m}_{name}": v for m, v in values.items()})
+        flat: dict[str, float] = {}
+        for part, suffix in ((summary, ""), (summary.get("no_crf"), "_no_crf")):
+            if part is None:
+                continue
+            flat.update({f"test_{k}{suffix}": v for k, v in part.items() if k.endswith("_mean")})
+            for name, values in part["classes"].items():
+                flat.update({f"test_{m}_{name}{suffix}": v for m, v in values.items()})
         tracker.log_metrics(flat)
         for f in outputs["files"]:
             tracker.log_artifact(ctx.run_dir / f, None if f == "summary.json" else "evaluate")

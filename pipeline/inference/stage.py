@@ -13,7 +13,7 @@ from pipeline.config.schema import Workflow
 from pipeline.data.stage import load_cases
 from pipeline.engine.stage import STAGES, Stage, StageContext
 from pipeline.inference.predict import predict_case, select_device
-from pipeline.io.nifti import write_like
+from pipeline.io.nifti import write_like, write_probabilities
 from pipeline.models import build_model
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.transforms.build import deterministic_transforms
@@ -21,6 +21,11 @@ from pipeline.transforms.build import deterministic_transforms
 
 def predict_to_original(model: Any, image_path: str, wf: Workflow, device: Any) -> np.ndarray:
     """Preprocess one scan, predict it, invert the spatial transforms and return labels on the scan's grid."""
+    return np.asarray(probabilities_on_original(model, image_path, wf, device).argmax(0), dtype=np.uint8)
+
+
+def probabilities_on_original(model: Any, image_path: str, wf: Workflow, device: Any) -> np.ndarray:
+    """Class probabilities ``(K, X, Y, Z)`` on the scan's own grid (float32)."""
     pre = Compose(deterministic_transforms(wf.preprocess, keys=("image",)))
     d = pre({"image": image_path})
     probs = predict_case(model, d["image"], wf.infer, device)
@@ -28,7 +33,7 @@ def predict_to_original(model: Any, image_path: str, wf: Workflow, device: Any) 
     inverted = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)(
         {"image": d["image"], "pred": pred}
     )["pred"]
-    return np.asarray(inverted.argmax(0).cpu().numpy(), dtype=np.uint8)
+    return np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
 
 
 @STAGES.register("infer")
@@ -39,8 +44,10 @@ class InferStage(Stage):
     requires = ("prepare", "preprocess", "train")
 
     def config(self, workflow: Workflow) -> Any:
+        crf = workflow.postprocess.crf
         return {"infer": workflow.infer.model_dump(mode="json"),
-                "preprocess": workflow.preprocess.model_dump(mode="json")}
+                "preprocess": workflow.preprocess.model_dump(mode="json"),
+                "save_probabilities": crf is not None, "predict_validation": crf is not None and crf.tune is not None}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         wf = ctx.workflow
@@ -50,12 +57,24 @@ class InferStage(Stage):
         model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"]).to(device)
         model.load_state_dict(ckpt["model_state"])
         model.eval()
-        cases = load_cases(ctx.run_dir)["test"]
-        preds = {}
-        for case in tqdm(cases, desc="infer", unit="case", disable=not wf.train.progress):
-            rel = f"infer/{case['id']}.nii.gz"
+        crf = wf.postprocess.crf
+        all_cases = load_cases(ctx.run_dir)
+        todo = [("test", c) for c in all_cases["test"]]
+        if crf is not None and crf.tune is not None:  # CRF tuning needs the validation cases' probabilities
+            todo += [("validation", c) for c in all_cases.get("validation", [])]
+        out: dict[str, dict[str, str]] = {"predictions": {}, "probabilities": {}, "validation_probabilities": {}}
+        for split, case in tqdm(todo, desc="infer", unit="case", disable=not wf.train.progress):
+            folder = "infer" if split == "test" else "infer/validation"
+            rel, probs_rel = f"{folder}/{case['id']}.nii.gz", f"{folder}/{case['id']}_probs.nii.gz"
+            save_probs = crf is not None
             if not (ctx.resume and (ctx.run_dir / rel).is_file()):
-                labels = predict_to_original(model, case["image"], wf, device)
-                write_like(case["image"], labels, ctx.run_dir / rel)
-            preds[case["id"]] = rel
-        return {"files": list(preds.values()), "predictions": preds}
+                probs = probabilities_on_original(model, case["image"], wf, device)
+                if save_probs:  # class axis last: the layout `pipeline crf` reads
+                    write_probabilities(case["image"], probs, ctx.run_dir / probs_rel)
+                write_like(case["image"], probs.argmax(0).astype(np.uint8), ctx.run_dir / rel)
+            if split == "test":
+                out["predictions"][case["id"]] = rel
+            if save_probs:
+                out["probabilities" if split == "test" else "validation_probabilities"][case["id"]] = probs_rel
+        files = [f for group in out.values() for f in group.values()]
+        return {"files": files, **out}

@@ -11,8 +11,20 @@ from pipeline.errors import PipelineError
 from pipeline.io.atomic import atomic_path
 
 
-def write_like(reference: str | Path, data: np.ndarray, target: str | Path) -> None:
+PROBABILITY_SCALE = 65535  # probabilities are stored as uint16 * 1/65535 (NIfTI-1 has no float16)
+
+
+def write_probabilities(reference: str | Path, probs: np.ndarray, target: str | Path) -> None:
+    """Write class probabilities ``(K, X, Y, Z)`` as ``(X, Y, Z, K)`` uint16 with ``scl_slope = 1/65535``: half
+    the size of float32, resolution 1.5e-5, read back as floats by any NIfTI reader."""
+    quantised = np.round(np.clip(np.moveaxis(probs, 0, -1), 0, 1) * PROBABILITY_SCALE).astype(np.uint16)
+    write_like(reference, quantised, target, slope=1.0 / PROBABILITY_SCALE)
+
+
+def write_like(reference: str | Path, data: np.ndarray, target: str | Path, slope: float = 1.0) -> None:
     """Write ``data`` (spatial shape of ``reference``) with the reference's affine, qform, sform and their codes.
+
+    ``slope`` is stored as the NIfTI ``scl_slope`` (readers get ``data * slope``), e.g. for quantised probabilities.
 
     Raises:
         PipelineError: the shape differs from the reference's spatial shape, or the written file's geometry does
@@ -25,7 +37,7 @@ def write_like(reference: str | Path, data: np.ndarray, target: str | Path) -> N
     header = ref.header.copy()
     header.set_data_dtype(data.dtype)
     img = nib.Nifti1Image(data, ref.affine, header=header)
-    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_slope_inter(slope, 0.0)
     img.set_qform(ref.get_qform(), code=int(ref.header["qform_code"]))
     img.set_sform(ref.get_sform(), code=int(ref.header["sform_code"]))
     with atomic_path(target) as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,9 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: dict[str, list[di
 
     meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
                       "out_channels": num_classes}, "labels": labels, "channels": channels}
+    # In a log file (no terminal) redraw rarely, so the log stays readable.
     bar = tqdm(total=cfg.epochs * iters, initial=start * iters, desc="train", unit="it", disable=not cfg.progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     model.train()
     for epoch in range(start, cfg.epochs):
         train_tf.set_random_state(seed=wf.seed + epoch)

@@ -116,3 +116,5 @@ def test_default_run_dir_is_named_by_config(setup: tuple[Path, Path], tmp_path: 
 
     assert run_id(other) != r.run_dir.name
     assert run_id(load_workflow(wf, ["train.progress=true"])) == r.run_dir.name
+    # inference, postprocessing and evaluation settings share the trained model's folder
+    assert run_id(load_workflow(wf, ["infer.overlap=0.5", "evaluate.figures=1"])) == r.run_dir.name

@@ -1,0 +1,131 @@
+"""Running the dense CRF on saved predictions: inputs as the pipeline stores them, the workflow's settings, and
+the optional grid search on validation cases."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.config.schema import CRFConfig
+from pipeline.errors import DataError
+from pipeline.inference.predict import select_device
+
+AFFINE_TOL = 1e-3
+
+
+def spacing_of(img: nib.Nifti1Image) -> list[float]:
+    """Voxel size in mm per spatial axis, from the affine's column norms (right for oblique scans too)."""
+    return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)]
+
+
+def zscore_channels(image: np.ndarray) -> np.ndarray:
+    """Channel-first z-scored image ``(C, X, Y, Z)`` from a NIfTI array ``(X, Y, Z)`` or ``(X, Y, Z, C)``: the
+    intensity units of ``bilateral_sigma_intensity``."""
+    data = image.astype(np.float32)
+    data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
+    mean = data.reshape(len(data), -1).mean(1)[:, None, None, None]
+    std = data.reshape(len(data), -1).std(1)[:, None, None, None]
+    return (data - mean) / np.maximum(std, 1e-8)
+
+
+def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, list[float], nib.Nifti1Image]:
+    """Read class probabilities (x, y, z, class) and the scan they belong to; check they share one grid.
+
+    Returns:
+        probabilities ``(K, X, Y, Z)`` float32 summing to 1, z-scored image ``(C, X, Y, Z)``, spacing in mm, the image.
+
+    Raises:
+        DataError: unreadable files, shape or affine mismatch, a class count other than ``num_classes``,
+            negative or NaN values, sums off 1 beyond tolerance.
+    """
+    from pipeline.data.checks import read_nifti
+
+    pimg, probs = read_nifti(Path(probs_path), "probabilities", Path(probs_path).name)
+    iimg, image = read_nifti(Path(image_path), "image", Path(image_path).name)
+    if probs.ndim != 4:
+        raise DataError(f"{probs_path}: probabilities must be 4D with the class axis last (x, y, z, class), "
+                        f"got shape {probs.shape}")
+    if probs.shape[:3] != image.shape[:3]:
+        raise DataError(f"{probs_path} has spatial shape {probs.shape[:3]} but {image_path} has {image.shape[:3]}; "
+                        "they must be on the same grid")
+    if not np.allclose(pimg.affine, iimg.affine, atol=AFFINE_TOL):
+        raise DataError(f"{probs_path} and {image_path} have different affines; the probabilities must be on the "
+                        "image's grid")
+    if num_classes is not None and probs.shape[3] != num_classes:
+        raise DataError(f"{probs_path} holds {probs.shape[3]} classes but the model's labels have {num_classes}")
+    # Quantised or half-precision storage rounds each value a little, so sums get a tolerance of 1e-3 per class.
+    tol = 1e-3 * max(probs.shape[3], 1)
+    k_first = np.moveaxis(np.asarray(probs, dtype=np.float32), -1, 0)
+    if not np.all(np.isfinite(k_first)) or k_first.min() < 0:
+        raise DataError(f"{probs_path}: probabilities must be finite and non-negative (found NaN, inf or < 0)")
+    worst = float(np.abs(k_first.sum(0) - 1).max())
+    if worst > tol:
+        raise DataError(f"{probs_path}: probabilities must sum to 1 over the class axis (last axis); the worst voxel "
+                        f"is off by {worst:.3g}. Save softmax outputs, not logits or label maps")
+    return renormalise(k_first), zscore_channels(np.asarray(image)), spacing_of(iimg), iimg
+
+
+def renormalise(probs: np.ndarray) -> np.ndarray:
+    """Undo storage rounding: rescale each voxel's probabilities to sum to exactly 1."""
+    return probs / np.maximum(probs.sum(0, keepdims=True), 1e-8)
+
+
+def params_from(cfg: CRFConfig, **overrides: float) -> Any:
+    from pipeline.postprocess.crf import CRFParams
+
+    values = {k: getattr(cfg, k) for k in ("iterations", "smooth_weight", "smooth_sigma_mm", "bilateral_weight",
+                                           "bilateral_sigma_mm", "bilateral_sigma_intensity", "bbox_margin_mm")}
+    values.update(overrides)
+    return CRFParams(**values)
+
+
+def run_crf(probs: np.ndarray, image: np.ndarray, spacing: Sequence[float], cfg: CRFConfig,
+            **overrides: float) -> np.ndarray:
+    """Labels from :func:`pipeline.postprocess.crf.dense_crf` with the workflow's settings."""
+    from pipeline.postprocess.crf import dense_crf
+
+    device = select_device(cfg.device).type
+    return dense_crf(probs, image, spacing, params_from(cfg, **overrides), backend=cfg.backend, device=device)
+
+
+def foreground_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    """Mean Dice over the foreground classes present in either map."""
+    scores = []
+    for c in range(1, num_classes):
+        p, t = pred == c, truth == c
+        denom = p.sum() + t.sum()
+        if denom:
+            scores.append(2.0 * np.logical_and(p, t).sum() / denom)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def tune_crf(cases: list[tuple[Path, Path, Path]], cfg: CRFConfig, num_classes: int) -> dict[str, Any]:
+    """Grid-search ``cfg.tune`` on validation cases ``(probs, image, label)``; return the best settings.
+
+    Returns:
+        ``{"best": {param: value}, "best_dice": float, "no_crf_dice": float, "grid": [{...params, "dice"}]}``.
+    """
+    assert cfg.tune is not None
+    loaded = []
+    for probs_path, image_path, label_path in cases:
+        probs, image, spacing, _ = load_crf_inputs(probs_path, image_path, num_classes)
+        truth = np.asarray(nib.load(str(label_path)).dataobj)
+        loaded.append((probs, image, spacing, truth))
+    grid = cfg.tune.model_dump()
+    names = list(grid)
+    results = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        combo = dict(zip(names, values, strict=True))
+        dice = float(np.mean([foreground_dice(run_crf(p, i, s, cfg, **combo), t, num_classes)
+                              for p, i, s, t in loaded]))
+        results.append({**combo, "dice": dice})
+    best = max(results, key=lambda r: r["dice"])
+    baseline = float(np.mean([foreground_dice(p.argmax(0), t, num_classes) for p, _, _, t in loaded]))
+    return {"best": {n: best[n] for n in names}, "best_dice": best["dice"], "no_crf_dice": baseline,
+            "grid": results}
