@@ -56,6 +56,17 @@ def check_divisible(model: nn.Module, sizes: dict[str, list[int]]) -> None:
                                 f"per axis; change {what} or model.strides/levels")
 
 
+def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss; a model that returns ``(logits, aux_logits)`` in training mode (PSPNet's auxiliary head)
+    adds ``model.aux_weight`` times the auxiliary loss."""
+    out = model(x)
+    if isinstance(out, (tuple, list)):
+        main, *aux = out
+        weight = float(getattr(model, "aux_weight", 0.4))
+        return loss_fn(main, y) + weight * sum(loss_fn(a, y) for a in aux)
+    return loss_fn(out, y)
+
+
 def _optimizer(model: nn.Module, wf: Workflow) -> torch.optim.Optimizer:
     o = wf.train.optimizer
     if o.name == "sgd":
@@ -145,7 +156,7 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: dict[str, list[di
             x, y = batch["image"].to(device), batch["label"].to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(model(x), y)
+                loss = compute_loss(model, loss_fn, x, y)
             if not torch.isfinite(loss):
                 raise PipelineError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
                                     "lower train.optimizer.lr")
