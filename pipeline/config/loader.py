@@ -274,6 +274,27 @@ def load_workflow(path: str | Path, overrides: list[str] | None = None, cwd: Pat
     data = tree.get("data")
     if isinstance(data, dict) and isinstance(data.get("manifest"), str) and not Path(data["manifest"]).is_file():
         problems.append(f"data.manifest: file not found: {data['manifest']}")
+    if workflow is not None and not problems:
+        problems += _check_model_builds(workflow)
     if problems or workflow is None:
         raise ConfigError(str(path), problems)
     return LoadedWorkflow(workflow=workflow, source=path)
+
+
+def _check_model_builds(workflow: Workflow) -> list[str]:
+    """Build the model once (channel counts are placeholders) so that argument values the constructor rejects,
+    and patch or window sizes it cannot take, are reported before any work starts."""
+    from pipeline.errors import PipelineError
+    from pipeline.models import build_model
+    from pipeline.training.trainer import check_divisible
+
+    try:
+        model = build_model(workflow.model.name, workflow.model.kwargs(), 1, 2)
+    except (ValueError, TypeError) as exc:
+        return [f"model: {exc}"]
+    try:
+        check_divisible(model, {"preprocess.patch.size": workflow.preprocess.patch.size,
+                                "infer.roi_size": workflow.infer.roi_size})
+    except PipelineError as exc:
+        return [str(exc)]
+    return []

@@ -73,6 +73,8 @@ def test_unreadable_yaml(tmp_path: Path, text: str, expected: str) -> None:
         ({"data.manifest": "/nonexistent/manifest.json"}, "data.manifest: file not found"),
         ({"preprocess.orientation": "RAX"}, "preprocess.orientation:"),
         ({"model.preset": "missing.yaml"}, "model.preset: preset file not found"),
+        ({"model.levels": 1}, "model: levels must be at least 2"),
+        ({"preprocess.patch.size": [16, 16, 7]}, "preprocess.patch.size [16, 16, 7] must be divisible"),
     ],
 )
 def test_each_problem_names_its_dotted_path(tmp_path: Path, manifest: Path, overrides: dict, expected: str) -> None:
