@@ -51,6 +51,11 @@ class Manifest:
         return [c for s in SPLITS for c in self.cases.get(s, [])]
 
 
+def case_id(entry: dict[str, Any]) -> str:
+    """A case's id: its ``id``, else its image file name without extensions (as MSD names cases)."""
+    return str(entry.get("id") or Path(str(entry["image"])).name.split(".")[0])
+
+
 def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
     """Parse and check a manifest.
 
@@ -101,7 +106,7 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
             if not isinstance(e, dict) or "image" not in e or "label" not in e:
                 problems.append(f"{split}[{i}]: each case needs 'image' and 'label' paths")
                 continue
-            cid = str(e.get("id") or Path(str(e["image"])).name.split(".")[0])
+            cid = case_id(e)
             if cid in seen:
                 problems.append(f"{split}[{i}]: duplicate case id '{cid}'")
             seen.add(cid)

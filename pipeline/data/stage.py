@@ -11,7 +11,7 @@ from tqdm import tqdm
 from pipeline.config.schema import Workflow
 from pipeline.data.checks import check_cases
 from pipeline.data.generators import GENERATORS
-from pipeline.data.manifest import SPLITS, Manifest, load_manifest
+from pipeline.data.manifest import SPLITS, Manifest, case_id, load_manifest
 from pipeline.engine.stage import STAGES, Stage, StageContext
 from pipeline.errors import DataError
 from pipeline.io.atomic import write_json
@@ -31,7 +31,7 @@ def generate_missing(manifest: Manifest, progress: bool = True) -> int:
         raise DataError(f"{manifest.path}: source.generator: {GENERATORS.unknown_message(name)}")
     generate = GENERATORS.get(name)
     raw = json.loads(manifest.path.read_text())
-    entries = {str(e.get("id")): e for s in SPLITS for e in raw.get(s, [])}
+    entries = {case_id(e): e for s in SPLITS for e in raw.get(s, []) if isinstance(e, dict) and "image" in e}
     missing = [c for c in manifest.all_cases() if not (c.image.is_file() and c.label and c.label.is_file())]
     for case in tqdm(missing, desc=f"generating {manifest.name}", unit="case", disable=not progress or not missing):
         generate(manifest.root, entries[case.id], manifest.source)
