@@ -281,6 +281,16 @@ def load_workflow(path: str | Path, overrides: list[str] | None = None, cwd: Pat
     return LoadedWorkflow(workflow=workflow, source=path)
 
 
+def _manifest_dims(path: Path) -> int:
+    """The manifest's ``spatial_dims`` (3 when absent or unreadable: the prepare stage reports a broken manifest)."""
+    import json
+
+    try:
+        return int(json.loads(Path(path).read_text()).get("spatial_dims", 3))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 3
+
+
 def _check_model_builds(workflow: Workflow) -> list[str]:
     """Build the model once (channel counts are placeholders) so that argument values the constructor rejects,
     and patch or window sizes it cannot take, are reported before any work starts."""
@@ -288,8 +298,16 @@ def _check_model_builds(workflow: Workflow) -> list[str]:
     from pipeline.models import build_model
     from pipeline.training.trainer import check_divisible
 
+    dims = _manifest_dims(workflow.data.manifest)
+    problems = [f"{key}: {len(size)} entries, but the data are {dims}D (one entry per spatial axis)"
+                for key, size in (("preprocess.patch.size", workflow.preprocess.patch.size),
+                                  ("infer.roi_size", workflow.infer.roi_size),
+                                  ("preprocess.spacing", workflow.preprocess.spacing or [0] * dims))
+                if len(size) != dims]
+    if problems:
+        return problems
     try:
-        model = build_model(workflow.model.name, workflow.model.kwargs(), 1, 2)
+        model = build_model(workflow.model.name, workflow.model.kwargs(), 1, 2, spatial_dims=dims)
     except (ValueError, TypeError) as exc:
         return [f"model: {exc}"]
     try:

@@ -41,7 +41,7 @@ class IntensityConfig(Strict):
 
 
 class PatchConfig(Strict):
-    size: list[int] = Field(min_length=3, max_length=3)
+    size: list[int] = Field(min_length=2, max_length=3, description="one entry per spatial axis")
     num_samples: int = Field(default=4, ge=1)
     pos: float = Field(default=1.0, ge=0)
     neg: float = Field(default=1.0, ge=0)
@@ -51,7 +51,10 @@ class AugmentConfig(Strict):
     flip_prob: float = Field(default=0.0, ge=0, le=1)
     flip_axes: list[int] = Field(default_factory=lambda: [0])
     rotate_prob: float = Field(default=0.0, ge=0, le=1)
-    rotate_deg: list[float] = Field(default_factory=lambda: [0.0, 0.0, 15.0], min_length=3, max_length=3)
+    rotate_deg: list[float] = Field(
+        default_factory=lambda: [0.0, 0.0, 15.0], min_length=3, max_length=3,
+        description="maximum rotation about x, y, z in degrees; 2D images rotate in-plane by the z entry",
+    )
     scale_prob: float = Field(default=0.0, ge=0, le=1)
     scale_range: float = Field(default=0.1, ge=0, lt=1)
     intensity_prob: float = Field(default=0.0, ge=0, le=1)
@@ -63,7 +66,7 @@ class PreprocessConfig(Strict):
     """MONAI dictionary transforms: deterministic ones (cached) then random ones (per sample)."""
 
     orientation: str | None = "RAS"
-    spacing: list[float] | None = Field(default=None, min_length=3, max_length=3)
+    spacing: list[float] | None = Field(default=None, min_length=2, max_length=3, description="mm per spatial axis")
     intensity: IntensityConfig = IntensityConfig()
     crop_foreground: bool = False
     crop_margin: int = Field(default=4, ge=0)
@@ -73,8 +76,10 @@ class PreprocessConfig(Strict):
     @field_validator("orientation")
     @classmethod
     def _axcodes(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) != 3 or sorted(v.upper().translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]):
-            raise ValueError(f"orientation must be three axis codes such as 'RAS' or 'LPS', not {v!r}")
+        codes = (v or "").upper().translate(str.maketrans("LPI", "RAS"))
+        if v is not None and (len(codes) != 3 or sorted(codes) != ["A", "R", "S"]):
+            raise ValueError(f"orientation must be three axis codes such as 'RAS' or 'LPS' (2D images use the first "
+                             f"two), not {v!r}")
         return v.upper() if v else v
 
 
@@ -119,7 +124,7 @@ class TrainConfig(Strict):
 
 
 class InferConfig(Strict):
-    roi_size: list[int] = Field(min_length=3, max_length=3)
+    roi_size: list[int] = Field(min_length=2, max_length=3, description="one entry per spatial axis")
     overlap: float = Field(default=0.5, ge=0, lt=1)
     sw_batch_size: int = Field(default=1, ge=1)
     mode: Literal["gaussian", "constant"] = "gaussian"

@@ -52,10 +52,13 @@ def check_case(case: Case, manifest: Manifest) -> CaseInfo:
         DataError: naming the case, the file and what to do.
     """
     img, data = read_nifti(case.image, "image", case.id)
-    if data.ndim not in (3, 4):
-        raise DataError(f"case '{case.id}': image {case.image} has {data.ndim} dimensions; expected a 3D volume "
-                        "or a 4D volume with channels last")
-    channels = 1 if data.ndim == 3 else data.shape[3]
+    nd = manifest.spatial_dims
+    allowed = (2,) if nd == 2 else (3, 4)  # 2D: single-channel images; 3D: channels last in a 4D image
+    if data.ndim not in allowed:
+        raise DataError(f"case '{case.id}': image {case.image} has {data.ndim} dimensions; the manifest says "
+                        f"{nd}D, so expected " + ("a 2D image" if nd == 2 else "a 3D volume or a 4D volume with "
+                                                 "channels last"))
+    channels = 1 if data.ndim == nd else data.shape[nd]
     if channels != len(manifest.channels):
         raise DataError(f"case '{case.id}': image {case.image} has {channels} channel(s) but the manifest declares "
                         f"{len(manifest.channels)} ({', '.join(manifest.channels)})")
@@ -66,9 +69,9 @@ def check_case(case: Case, manifest: Manifest) -> CaseInfo:
                             "fix or exclude the case")
     assert case.label is not None
     lbl, ldata = read_nifti(case.label, "label", case.id)
-    if ldata.shape[:3] != data.shape[:3] or ldata.ndim != 3:
+    if ldata.shape[:nd] != data.shape[:nd] or ldata.ndim != nd:
         raise DataError(f"case '{case.id}': label {case.label} has shape {tuple(ldata.shape)} but image "
-                        f"{case.image} has spatial shape {tuple(data.shape[:3])}; they must be on the same grid")
+                        f"{case.image} has spatial shape {tuple(data.shape[:nd])}; they must be on the same grid")
     if not np.allclose(lbl.affine, img.affine, atol=AFFINE_TOL):
         raise DataError(f"case '{case.id}': label {case.label} and image {case.image} have different affines "
                         f"(image\n{np.round(img.affine, 4)}\nlabel\n{np.round(lbl.affine, 4)}); "
@@ -81,8 +84,8 @@ def check_case(case: Case, manifest: Manifest) -> CaseInfo:
     if undeclared:
         raise DataError(f"case '{case.id}': label {case.label} holds values {undeclared} that the manifest "
                         f"{manifest.path} does not declare (labels: {manifest.labels})")
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    return CaseInfo(case.id, case.split, str(case.image), str(case.label), list(map(int, data.shape[:3])),
+    zooms = [float(z) for z in img.header.get_zooms()[:nd]]
+    return CaseInfo(case.id, case.split, str(case.image), str(case.label), list(map(int, data.shape[:nd])),
                     zooms, channels)
 
 

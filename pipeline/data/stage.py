@@ -73,6 +73,7 @@ class PrepareStage(Stage):
             "manifest": str(manifest.path),
             "labels": {str(k): v for k, v in manifest.labels.items()},
             "channels": manifest.channels,
+            "spatial_dims": manifest.spatial_dims,
             "counts": {s: len(v) for s, v in cases.items()},
             "data_files": {p: _stat(p) for i in infos for p in (i.image, i.label)},
         }

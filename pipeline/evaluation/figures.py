@@ -18,8 +18,12 @@ COLORS = ["#00000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#
 
 
 def _ras(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    img = nib.as_closest_canonical(nib.load(path))
-    return np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
+    img = nib.load(path)
+    if len(img.shape) == 2:  # a 2D image: one "slice"
+        return np.asarray(img.dataobj)[:, :, None], (*map(float, img.header.get_zooms()[:2]), 1.0)
+    img = nib.as_closest_canonical(img)
+    data = np.asarray(img.dataobj)
+    return data, tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
 def overview_png(cases: list[dict[str, str]], labels: dict[str, str], target: Path) -> None:

@@ -22,8 +22,8 @@ from pipeline.tracking.tracker import Tracker
 
 
 def _spacing(img: nib.Nifti1Image) -> list[float]:
-    """Voxel size in mm per axis, from the affine's column norms (right for oblique scans too)."""
-    return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)]
+    """Voxel size in mm per spatial axis, from the affine's column norms (right for oblique scans too)."""
+    return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)][: len(img.shape)]
 
 
 def before_after_table(summary: dict[str, Any], metrics: list[str]) -> str:

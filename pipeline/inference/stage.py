@@ -19,14 +19,16 @@ from pipeline.training.checkpoint import load_checkpoint
 from pipeline.transforms.build import deterministic_transforms
 
 
-def predict_to_original(model: Any, image_path: str, wf: Workflow, device: Any) -> np.ndarray:
+def predict_to_original(model: Any, image_path: str, wf: Workflow, device: Any, spatial_dims: int = 3) -> np.ndarray:
     """Preprocess one scan, predict it, invert the spatial transforms and return labels on the scan's grid."""
-    return np.asarray(probabilities_on_original(model, image_path, wf, device).argmax(0), dtype=np.uint8)
+    probs = probabilities_on_original(model, image_path, wf, device, spatial_dims)
+    return np.asarray(probs.argmax(0), dtype=np.uint8)
 
 
-def probabilities_on_original(model: Any, image_path: str, wf: Workflow, device: Any) -> np.ndarray:
-    """Class probabilities ``(K, X, Y, Z)`` on the scan's own grid (float32)."""
-    pre = Compose(deterministic_transforms(wf.preprocess, keys=("image",)))
+def probabilities_on_original(model: Any, image_path: str, wf: Workflow, device: Any,
+                              spatial_dims: int = 3) -> np.ndarray:
+    """Class probabilities ``(K, *spatial)`` on the scan's own grid (float32)."""
+    pre = Compose(deterministic_transforms(wf.preprocess, keys=("image",), spatial_dims=spatial_dims))
     d = pre({"image": image_path})
     probs = predict_case(model, d["image"], wf.infer, device)
     pred = MetaTensor(probs, meta=d["image"].meta, applied_operations=list(d["image"].applied_operations))
@@ -54,7 +56,8 @@ class InferStage(Stage):
         device = select_device(wf.infer.device)
         ckpt = load_checkpoint(ctx.run_dir / "train" / "best.pt", device)
         m = ckpt["model"]
-        model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"]).to(device)
+        dims = int(ctx.upstream["prepare"].get("spatial_dims", 3))
+        model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], dims).to(device)
         model.load_state_dict(ckpt["model_state"])
         model.eval()
         crf = wf.postprocess.crf
@@ -68,7 +71,7 @@ class InferStage(Stage):
             rel, probs_rel = f"{folder}/{case['id']}.nii.gz", f"{folder}/{case['id']}_probs.nii.gz"
             save_probs = crf is not None
             if not (ctx.resume and (ctx.run_dir / rel).is_file()):
-                probs = probabilities_on_original(model, case["image"], wf, device)
+                probs = probabilities_on_original(model, case["image"], wf, device, dims)
                 if save_probs:  # class axis last: the layout `pipeline crf` reads
                     write_probabilities(case["image"], probs, ctx.run_dir / probs_rel)
                 write_like(case["image"], probs.argmax(0).astype(np.uint8), ctx.run_dir / rel)

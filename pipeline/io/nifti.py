@@ -11,11 +11,16 @@ from pipeline.errors import PipelineError
 from pipeline.io.atomic import atomic_path
 
 
+def spatial_ndim(img: nib.spatialimages.SpatialImage) -> int:
+    """Spatial axes of a scan: 2 for a 2D image, else 3 (a 4th axis holds channels)."""
+    return 2 if len(img.shape) == 2 else 3
+
+
 PROBABILITY_SCALE = 65535  # probabilities are stored as uint16 * 1/65535 (NIfTI-1 has no float16)
 
 
 def write_probabilities(reference: str | Path, probs: np.ndarray, target: str | Path) -> None:
-    """Write class probabilities ``(K, X, Y, Z)`` as ``(X, Y, Z, K)`` uint16 with ``scl_slope = 1/65535``: half
+    """Write class probabilities ``(K, *spatial)`` as ``(*spatial, K)`` uint16 with ``scl_slope = 1/65535``: half
     the size of float32, resolution 1.5e-5, read back as floats by any NIfTI reader."""
     quantised = np.round(np.clip(np.moveaxis(probs, 0, -1), 0, 1) * PROBABILITY_SCALE).astype(np.uint16)
     write_like(reference, quantised, target, slope=1.0 / PROBABILITY_SCALE)
@@ -31,8 +36,8 @@ def write_like(reference: str | Path, data: np.ndarray, target: str | Path, slop
             not match the reference (never a silently wrong file).
     """
     ref = nib.load(str(reference))
-    spatial = tuple(ref.shape[:3])
-    if tuple(data.shape[:3]) != spatial:
+    spatial = tuple(ref.shape[: spatial_ndim(ref)])
+    if tuple(data.shape[: len(spatial)]) != spatial:
         raise PipelineError(f"prediction for {reference} has shape {tuple(data.shape)}, expected {spatial}")
     header = ref.header.copy()
     header.set_data_dtype(data.dtype)

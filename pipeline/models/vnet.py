@@ -65,6 +65,8 @@ class VNet(nn.Module):
         dropout: dropout probability in the two deepest stages (0 disables).
     """
 
+    supported_dims = (3,)
+
     def __init__(
         self,
         in_channels: int = 1,

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError
 from pipeline.inference.predict import select_device
+from pipeline.io.nifti import spatial_ndim
 
 AFFINE_TOL = 1e-3
 
@@ -23,14 +24,14 @@ def spacing_of(img: nib.Nifti1Image) -> list[float]:
     return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)]
 
 
-def zscore_channels(image: np.ndarray) -> np.ndarray:
-    """Channel-first z-scored image ``(C, X, Y, Z)`` from a NIfTI array ``(X, Y, Z)`` or ``(X, Y, Z, C)``: the
+def zscore_channels(image: np.ndarray, spatial_dims: int = 3) -> np.ndarray:
+    """Channel-first z-scored image ``(C, *spatial)`` from a NIfTI array ``(*spatial)`` or ``(*spatial, C)``: the
     intensity units of ``bilateral_sigma_intensity``."""
     data = image.astype(np.float32)
-    data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
-    mean = data.reshape(len(data), -1).mean(1)[:, None, None, None]
-    std = data.reshape(len(data), -1).std(1)[:, None, None, None]
-    return (data - mean) / np.maximum(std, 1e-8)
+    data = data[None] if data.ndim == spatial_dims else np.moveaxis(data, -1, 0)
+    flat = data.reshape(len(data), -1)
+    shape = (len(data),) + (1,) * spatial_dims
+    return (data - flat.mean(1).reshape(shape)) / np.maximum(flat.std(1).reshape(shape), 1e-8)
 
 
 def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None = None
@@ -48,19 +49,20 @@ def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None 
 
     pimg, probs = read_nifti(Path(probs_path), "probabilities", Path(probs_path).name)
     iimg, image = read_nifti(Path(image_path), "image", Path(image_path).name)
-    if probs.ndim != 4:
-        raise DataError(f"{probs_path}: probabilities must be 4D with the class axis last (x, y, z, class), "
-                        f"got shape {probs.shape}")
-    if probs.shape[:3] != image.shape[:3]:
-        raise DataError(f"{probs_path} has spatial shape {probs.shape[:3]} but {image_path} has {image.shape[:3]}; "
-                        "they must be on the same grid")
+    nd = spatial_ndim(iimg)
+    if probs.ndim != nd + 1:
+        raise DataError(f"{probs_path}: probabilities must have the image's {nd} spatial axes plus the class axis "
+                        f"last (x, y{', z' if nd == 3 else ''}, class), got shape {probs.shape}")
+    if probs.shape[:nd] != image.shape[:nd]:
+        raise DataError(f"{probs_path} has spatial shape {probs.shape[:nd]} but {image_path} has "
+                        f"{image.shape[:nd]}; they must be on the same grid")
     if not np.allclose(pimg.affine, iimg.affine, atol=AFFINE_TOL):
         raise DataError(f"{probs_path} and {image_path} have different affines; the probabilities must be on the "
                         "image's grid")
-    if num_classes is not None and probs.shape[3] != num_classes:
-        raise DataError(f"{probs_path} holds {probs.shape[3]} classes but the model's labels have {num_classes}")
+    if num_classes is not None and probs.shape[-1] != num_classes:
+        raise DataError(f"{probs_path} holds {probs.shape[-1]} classes but the model's labels have {num_classes}")
     # Quantised or half-precision storage rounds each value a little, so sums get a tolerance of 1e-3 per class.
-    tol = 1e-3 * max(probs.shape[3], 1)
+    tol = 1e-3 * max(probs.shape[-1], 1)
     k_first = np.moveaxis(np.asarray(probs, dtype=np.float32), -1, 0)
     if not np.all(np.isfinite(k_first)) or k_first.min() < 0:
         raise DataError(f"{probs_path}: probabilities must be finite and non-negative (found NaN, inf or < 0)")
@@ -68,7 +70,7 @@ def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None 
     if worst > tol:
         raise DataError(f"{probs_path}: probabilities must sum to 1 over the class axis (last axis); the worst voxel "
                         f"is off by {worst:.3g}. Save softmax outputs, not logits or label maps")
-    return renormalise(k_first), zscore_channels(np.asarray(image)), spacing_of(iimg), iimg
+    return renormalise(k_first), zscore_channels(np.asarray(image), nd), spacing_of(iimg)[:nd], iimg
 
 
 def renormalise(probs: np.ndarray) -> np.ndarray:

@@ -10,10 +10,10 @@ from monai.transforms import KeepLargestConnectedComponent
 
 
 def keep_largest_component(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """Remove every component of ``classes`` but the largest (26-connectivity), per class; removed voxels
-    become background."""
+    """Remove every component of ``classes`` but the largest (full connectivity: 26 neighbours in 3D, 8 in 2D),
+    per class; removed voxels become background."""
     if not classes:
         return labels
-    op = KeepLargestConnectedComponent(applied_labels=list(classes), independent=True, connectivity=3)
+    op = KeepLargestConnectedComponent(applied_labels=list(classes), independent=True, connectivity=labels.ndim)
     out = op(torch.as_tensor(labels[None].astype(np.int64)))
     return np.asarray(out[0].numpy(), dtype=labels.dtype)

@@ -26,7 +26,7 @@ class TrainStage(Stage):
     def run(self, ctx: StageContext) -> dict[str, Any]:
         prep = ctx.upstream["prepare"]
         result = train(ctx.workflow, ctx.run_dir, ctx.stage_dir, ctx.upstream["preprocess"]["cases"],
-                       prep["labels"], prep["channels"], ctx.resume)
+                       prep["labels"], prep["channels"], ctx.resume, int(prep.get("spatial_dims", 3)))
         return {"files": ["train/best.pt", "train/last.pt", "train/history.json"],
                 "best_val_dice": result.best_dice, "best_epoch": result.best_epoch, "epochs": result.epochs}
 

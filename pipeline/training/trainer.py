@@ -99,14 +99,14 @@ def validate(model: nn.Module, data: list[dict[str, Any]], wf: Workflow, device:
 
 
 def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: dict[str, list[dict[str, str]]],
-          labels: dict[str, str], channels: list[str], resume: bool) -> TrainResult:
+          labels: dict[str, str], channels: list[str], resume: bool, spatial_dims: int = 3) -> TrainResult:
     """Train the workflow's model on the preprocessed ``cases`` and write checkpoints into ``stage_dir``."""
     cfg, pp = wf.train, wf.preprocess
     device = select_device(cfg.device)
     num_classes = max(int(k) for k in labels) + 1
     set_determinism(seed=wf.seed)
     model_kwargs = wf.model.kwargs()
-    model = build_model(wf.model.name, model_kwargs, len(channels), num_classes).to(device)
+    model = build_model(wf.model.name, model_kwargs, len(channels), num_classes, spatial_dims).to(device)
     check_divisible(model, {"preprocess.patch.size": pp.patch.size, "infer.roi_size": wf.infer.roi_size})
     loss_fn = LOSSES.get(cfg.loss.name)(**cfg.loss.kwargs())
 
@@ -114,7 +114,7 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: dict[str, list[di
         return [{"image": str(run_dir / c["image"]), "label": str(run_dir / c["label"])} for c in cases.get(split, [])]
 
     load = [LoadImaged(keys=("image", "label"), image_only=True), EnsureChannelFirstd(keys=("image", "label"))]
-    train_tf = Compose(load + random_transforms(pp))
+    train_tf = Compose(load + random_transforms(pp, spatial_dims))
     train_ds = CacheDataset(files("training"), train_tf, cache_rate=1.0, progress=False)
     val_ds = CacheDataset(files("validation"), Compose(load + [EnsureTyped(keys=("image", "label"), track_meta=False)]),
                           cache_rate=1.0, progress=False)
@@ -142,7 +142,8 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: dict[str, list[di
         log.info("[train] resuming after epoch %d of %d", start, cfg.epochs)
 
     meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
-                      "out_channels": num_classes}, "labels": labels, "channels": channels}
+                      "out_channels": num_classes, "spatial_dims": spatial_dims},
+            "labels": labels, "channels": channels}
     # In a log file (no terminal) redraw rarely, so the log stays readable.
     bar = tqdm(total=cfg.epochs * iters, initial=start * iters, desc="train", unit="it", disable=not cfg.progress,
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)

@@ -20,8 +20,10 @@ from pipeline.config.schema import PreprocessConfig
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("image", "label")) -> list[mt.Transform]:
-    """Load and normalise a case; ``keys`` is ``("image",)`` at inference and ``("image", "label")`` otherwise."""
+def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("image", "label"),
+                             spatial_dims: int = 3) -> list[mt.Transform]:
+    """Load and normalise a case; ``keys`` is ``("image",)`` at inference and ``("image", "label")`` otherwise.
+    2D images use the first two orientation codes."""
     keys = tuple(keys)
     has_label = "label" in keys
     modes = tuple("bilinear" if k == "image" else "nearest" for k in keys)
@@ -31,7 +33,7 @@ def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("imag
         mt.EnsureTyped(keys=keys, dtype=np.float32, track_meta=True),
     ]
     if cfg.orientation:
-        chain.append(mt.Orientationd(keys=keys, axcodes=cfg.orientation, labels=RAS_LABELS))
+        chain.append(mt.Orientationd(keys=keys, axcodes=cfg.orientation[:spatial_dims], labels=RAS_LABELS))
     if cfg.spacing:
         chain.append(mt.Spacingd(keys=keys, pixdim=cfg.spacing, mode=modes))
     if cfg.intensity.mode == "zscore":
@@ -50,7 +52,7 @@ def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("imag
     return chain
 
 
-def random_transforms(cfg: PreprocessConfig) -> list[mt.Transform]:
+def random_transforms(cfg: PreprocessConfig, spatial_dims: int = 3) -> list[mt.Transform]:
     """Patch sampling (positive/negative around the label) and augmentation for training."""
     keys = ("image", "label")
     aug = cfg.augment
@@ -63,7 +65,12 @@ def random_transforms(cfg: PreprocessConfig) -> list[mt.Transform]:
             num_samples=cfg.patch.num_samples, image_key="image",
         ),
     ]
-    if aug.rotate_prob > 0:
+    if aug.rotate_prob > 0 and spatial_dims == 2:  # in-plane rotation: about the z axis
+        chain.append(
+            mt.RandRotated(keys=keys, prob=aug.rotate_prob, range_x=math.radians(aug.rotate_deg[2]),
+                           mode=("bilinear", "nearest"), padding_mode="border")
+        )
+    elif aug.rotate_prob > 0:
         chain.append(
             mt.RandRotated(
                 keys=keys, prob=aug.rotate_prob, range_x=math.radians(aug.rotate_deg[0]),
@@ -75,7 +82,7 @@ def random_transforms(cfg: PreprocessConfig) -> list[mt.Transform]:
         chain.append(
             mt.RandZoomd(
                 keys=keys, prob=aug.scale_prob, min_zoom=1 - aug.scale_range, max_zoom=1 + aug.scale_range,
-                mode=("trilinear", "nearest"), keep_size=True,
+                mode=("trilinear" if spatial_dims == 3 else "bilinear", "nearest"), keep_size=True,
             )
         )
     if aug.flip_prob > 0:

@@ -46,7 +46,8 @@ class PreprocessStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cases = load_cases(ctx.run_dir)
-        transform = Compose(deterministic_transforms(ctx.workflow.preprocess))
+        dims = int(ctx.upstream["prepare"].get("spatial_dims", 3))
+        transform = Compose(deterministic_transforms(ctx.workflow.preprocess, spatial_dims=dims))
         out: dict[str, list[dict[str, Any]]] = {}
         todo = [(s, c) for s in SPLITS for c in cases.get(s, [])]
         for split, case in tqdm(todo, desc="preprocess", unit="case", disable=not ctx.workflow.train.progress):
