@@ -7,7 +7,7 @@ from pipeline.registry import Registry
 MODELS: Registry = Registry("model")
 
 # Importing the modules registers their models.
-from pipeline.models import vnet  # noqa: E402,F401
+from pipeline.models import deeplab, fcn, pspnet, unet, vnet  # noqa: E402,F401
 
 __all__ = ["MODELS"]
 
