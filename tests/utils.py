@@ -109,3 +109,17 @@ def tiny_workflow(path: Path, manifest: Path, **overrides: Any) -> Path:
         node[parts[-1]] = value
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def blob_dataset_2d(root: Path, n_train=3, n_val=1, n_test=2) -> Path:
+    """A tiny 2D dataset (64x56 images, nested blobs, in-plane rotated or flipped affines)."""
+    ids = [f"img{i}" for i in range(n_train + n_val + n_test)]
+    affines = [make_affine((0.5, 0.5, 1.0), rotation((0, 0, 1), 20.0), origin=(3.0, -2.0, 0.0)),
+               make_affine((0.4, 0.6, 1.0), np.diag([-1.0, -1.0, 1.0]), origin=(30.0, 20.0, 0.0))]
+    for i, cid in enumerate(ids):
+        image, label = blob_case(shape=(64, 56, 3), seed=i)  # the middle slice cuts through the blobs
+        write_nifti(root / "imagesTr" / f"{cid}.nii.gz", image[..., 1], affines[i % 2])
+        write_nifti(root / "labelsTr" / f"{cid}.nii.gz", label[..., 1], affines[i % 2])
+    return write_manifest(root / "dataset.json", {
+        "training": ids[:n_train], "validation": ids[n_train:n_train + n_val], "test": ids[n_train + n_val:]},
+        spatial_dims=2)

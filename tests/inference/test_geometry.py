@@ -94,3 +94,21 @@ def test_write_like_refuses_wrong_shape(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="expected"):
         write_like(src, np.zeros((4, 5, 7), np.uint8), tmp_path / "b.nii.gz")
     assert not (tmp_path / "b.nii.gz").exists()
+
+
+@pytest.mark.parametrize("spacing", [None, [0.7, 0.45]])
+def test_2d_prediction_keeps_image_geometry(tmp_path: Path, spacing: list[float] | None) -> None:
+    label = off_centre_blob((48, 40, 3))[..., 1]
+    image = label * 100.0 + 1.0
+    affine = make_affine((0.5, 0.3, 1.0), np.diag([-1.0, 1.0, 1.0]) @ rotation((0, 0, 1), 25.0), origin=(4, 5, 0))
+    src = write_nifti(tmp_path / "img.nii.gz", image.astype(np.float32), affine)
+    wf = _workflow(tmp_path, spacing, False).model_copy(
+        update={"infer": InferConfig(roi_size=[16, 16], overlap=0.25)})
+    labels = predict_to_original(Pointwise(), str(src), wf, select_device("cpu"), spatial_dims=2)
+    write_like(src, labels, tmp_path / "pred.nii.gz")
+    pred = nib.load(tmp_path / "pred.nii.gz")
+    assert pred.shape == image.shape
+    np.testing.assert_allclose(pred.affine, affine, atol=1e-6)
+    got = np.asarray(pred.dataobj)
+    assert dice(got, label) > (0.99 if spacing is None else 0.9)
+    assert dice(np.flip(got, 0), label) < 0.5 and dice(np.flip(got, 1), label) < 0.5
