@@ -74,6 +74,26 @@ def _cmd_crf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.compare import rows_from_experiment, rows_from_run_dirs, to_csv, to_markdown
+    from pipeline.io.atomic import write_text
+    from pipeline.tracking.tracker import resolve_tracking_uri
+
+    if bool(args.runs) == bool(args.experiment):
+        raise PipelineError("compare: give run folders or --experiment NAME (not both)")
+    rows = (rows_from_experiment(args.experiment, resolve_tracking_uri(args.tracking_uri)) if args.experiment
+            else rows_from_run_dirs([Path(r) for r in args.runs]))
+    if not rows:
+        raise PipelineError("compare: no finished runs found")
+    table = to_markdown(rows, args.metrics)
+    print(table, end="")
+    if args.markdown:
+        write_text(args.markdown, table)
+    if args.csv:
+        write_text(args.csv, to_csv(rows, args.metrics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Medical image segmentation workflows.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -113,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bbox-margin-mm", type=float, help="only refine the foreground box plus this margin")
     p.add_argument("--num-classes", type=int, help="the model's class count; a different count is an error")
     p.set_defaults(func=_cmd_crf)
+
+    p = sub.add_parser("compare", help="table of runs x test metrics (run folders or an MLflow experiment)")
+    p.add_argument("runs", nargs="*", help="run folders")
+    p.add_argument("--experiment", help="an MLflow experiment (a workflow's name)")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--metrics", nargs="+", help="only metrics starting with these, e.g. dice hd95")
+    p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--markdown", help="also write the table as Markdown")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("data", help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
