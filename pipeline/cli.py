@@ -94,6 +94,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from pipeline.data.importers import import_dataset
+
+    manifest = import_dataset(args.dataset, Path(args.src), Path(args.out))
+    print(f"manifest written: {manifest}")
+    print(f"use it with: pipeline run WORKFLOW --set data.manifest={manifest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Medical image segmentation workflows.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -152,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--md5", help="expected md5 of the archive (default: the official release's)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fetch)
+    i = dsub.add_parser("import", help="convert a dataset folder in its own layout to NIfTI + a manifest")
+    i.add_argument("dataset", choices=["dsb2018", "ctc", "isbi2012", "duke-dme", "retouch"])
+    i.add_argument("src", help="the dataset's folder as downloaded")
+    i.add_argument("--out", required=True, help="folder for the converted cases and the manifest")
+    i.set_defaults(func=_cmd_import)
     return parser
 
 
