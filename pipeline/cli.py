@@ -36,7 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if result.summary:
         s = result.summary
-        extra = ", ".join(f"{k}={s[k]:.3f}" for k in ("hd95_mean", "asd_mean") if isinstance(s.get(k), float))
+        extra = ", ".join(f"{k}={s[k]:.4g}" for k in ("hd95_mean", "asd_mean") if isinstance(s.get(k), float))
         print(f"test dice_mean={s['dice_mean']:.4f}" + (f", {extra}" if extra else ""))
     print(f"ran: {', '.join(result.executed) or '-'}; reused: {', '.join(result.reused) or '-'}")
     if result.mlflow_run_id:

@@ -3,7 +3,7 @@ label values declared in the manifest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -26,6 +26,7 @@ class CaseInfo:
     shape: list[int]
     spacing: list[float]
     channels: int
+    extras: dict[str, str] = field(default_factory=dict)
 
 
 def read_nifti(path: Path, what: str, case_id: str) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -85,8 +86,11 @@ def check_case(case: Case, manifest: Manifest) -> CaseInfo:
         raise DataError(f"case '{case.id}': label {case.label} holds values {undeclared} that the manifest "
                         f"{manifest.path} does not declare (labels: {manifest.labels})")
     zooms = [float(z) for z in img.header.get_zooms()[:nd]]
+    missing = [str(p) for p in case.extras.values() if not p.is_file()]
+    if missing:
+        raise DataError(f"case '{case.id}': file(s) named in the manifest not found: {', '.join(missing)}")
     return CaseInfo(case.id, case.split, str(case.image), str(case.label), list(map(int, data.shape[:nd])),
-                    zooms, channels)
+                    zooms, channels, {k: str(v) for k, v in case.extras.items()})
 
 
 def check_cases(cases: list[Case], manifest: Manifest) -> list[CaseInfo]:

@@ -16,6 +16,8 @@ from typing import Any
 from pipeline.errors import DataError
 
 SPLITS = ("training", "validation", "test")
+# Per-case files besides image and label that domain metrics use: instance labels (cells), boundary rows (OCT).
+EXTRA_FILES = ("instances", "boundaries")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Case:
     label: Path | None
     split: str
     fold: int | None = None
+    extras: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Manifest:
     channels: list[str]
     spatial_dims: int
     source: dict[str, Any]
+    domain: str = ""
     cases: dict[str, list[Case]] = field(default_factory=dict)
 
     @property
@@ -117,6 +121,7 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
                     label=(base / str(e["label"])).resolve(),
                     split=split,
                     fold=e.get("fold"),
+                    extras={k: (base / str(e[k])).resolve() for k in EXTRA_FILES if isinstance(e.get(k), str)},
                 )
             )
         cases[split] = out
@@ -134,5 +139,6 @@ def load_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
         channels=channels,
         spatial_dims=int(doc.get("spatial_dims", 3)),
         source=dict(doc.get("source") or {}),
+        domain=str(doc.get("domain", "")),
         cases=cases,
     )

@@ -74,6 +74,7 @@ class PrepareStage(Stage):
             "labels": {str(k): v for k, v in manifest.labels.items()},
             "channels": manifest.channels,
             "spatial_dims": manifest.spatial_dims,
+            "domain": manifest.domain,
             "counts": {s: len(v) for s, v in cases.items()},
             "data_files": {p: _stat(p) for i in infos for p in (i.image, i.label)},
         }

@@ -14,7 +14,12 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 from pipeline.io.atomic import atomic_path  # noqa: E402
 
-COLORS = ["#00000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c"]
+
+
+def class_colors(n: int) -> list[tuple[float, float, float, float]]:
+    """Transparent background, then distinct colours (tab10, then tab20) for ``n - 1`` foreground classes."""
+    palette = list(plt.get_cmap("tab10").colors) + list(plt.get_cmap("tab20").colors[1::2])
+    return [(0.0, 0.0, 0.0, 0.0)] + [(*palette[i % len(palette)], 1.0) for i in range(max(n - 1, 1))]
 
 
 def _ras(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -36,7 +41,8 @@ def overview_png(cases: list[dict[str, str]], labels: dict[str, str], target: Pa
     """
     rows = max(len(cases), 1)
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
-    cmap = ListedColormap(COLORS[: max(len(labels), 2)])
+    colors = class_colors(max(int(k) for k in labels) + 1)
+    cmap = ListedColormap(colors)
     for row, case in zip(axes, cases, strict=False):
         image, zooms = _ras(case["image"])
         truth, _ = _ras(case["label"])
@@ -47,11 +53,11 @@ def overview_png(cases: list[dict[str, str]], labels: dict[str, str], target: Pa
         for ax, overlay, title in zip(row, (None, truth, pred), ("image", "reference", "prediction"), strict=True):
             ax.imshow(np.rot90(image[:, :, z]), cmap="gray", aspect=aspect)
             if overlay is not None:
-                ax.imshow(np.rot90(overlay[:, :, z]), cmap=cmap, vmin=0, vmax=len(COLORS[: max(len(labels), 2)]) - 1,
+                ax.imshow(np.rot90(overlay[:, :, z]), cmap=cmap, vmin=0, vmax=len(colors) - 1,
                           alpha=0.45, interpolation="nearest", aspect=aspect)
             ax.set_title(f"{case['id']} z={z}: {title}", fontsize=9)
             ax.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[int(k)]) for k in labels if int(k) > 0]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[int(k)]) for k in labels if int(k) > 0]
     fig.legend(handles, [v for k, v in labels.items() if int(k) > 0], loc="lower center", ncol=max(len(handles), 1))
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     with atomic_path(target) as tmp:

@@ -16,6 +16,7 @@ from pipeline.config.schema import Workflow
 from pipeline.data.stage import load_cases
 from pipeline.engine.stage import STAGES, Stage, StageContext
 from pipeline.evaluation.figures import overview_png
+from pipeline.evaluation.domain import boundary_errors, boundary_rows, instance_metrics, instances_from_semantic
 from pipeline.evaluation.metrics import case_metrics, nanmean
 from pipeline.io.atomic import write_json, write_text
 from pipeline.tracking.tracker import Tracker
@@ -24,6 +25,31 @@ from pipeline.tracking.tracker import Tracker
 def _spacing(img: nib.Nifti1Image) -> list[float]:
     """Voxel size in mm per spatial axis, from the affine's column norms (right for oblique scans too)."""
     return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)][: len(img.shape)]
+
+
+# Case-level domain metrics that also go into cases.csv (repeated on each class row of the case).
+CASE_LEVEL = ("instance_f1", "mean_matched_iou", "boundary_mae_px", "boundary_mae_um")
+
+
+def _domain_metrics(domain: str, case: dict[str, Any], truth: np.ndarray, pred: np.ndarray,
+                    spacing: list[float]) -> list[dict[str, Any]]:
+    """Cells: object F1 at IoU 0.5 and mean matched IoU (instances = connected components of the prediction;
+    reference instances from the manifest's ``instances`` file when present). OCT B-scans: mean absolute position
+    error of each layer boundary, in pixels and µm (depth along the second axis, as the importers store it)."""
+    if domain.startswith("cell"):
+        extras = case.get("extras", {})
+        ref = (np.asarray(nib.load(extras["instances"]).dataobj) if "instances" in extras
+               else instances_from_semantic(truth, range(1, int(truth.max()) + 1)))
+        pred_inst = instances_from_semantic(pred, range(1, max(int(pred.max()), 1) + 1))
+        m = instance_metrics(pred_inst, ref)
+        return [{"case": case["id"], "instance_f1": m["f1"], "mean_matched_iou": m["mean_matched_iou"],
+                 "n_pred": m["n_pred"], "n_true": m["n_true"]}]
+    if domain.startswith("oct") and truth.ndim == 2:
+        errs = boundary_errors(pred, boundary_rows(truth), axial_mm=spacing[1])
+        px = [v for k, v in errs.items() if k.endswith("_px")]
+        um = [v for k, v in errs.items() if k.endswith("_um")]
+        return [{"case": case["id"], "boundary_mae_px": nanmean(px), "boundary_mae_um": nanmean(um), **errs}]
+    return []
 
 
 def before_after_table(summary: dict[str, Any], metrics: list[str]) -> str:
@@ -59,7 +85,13 @@ class EvaluateStage(Stage):
             variants["_no_crf"] = post["no_crf_predictions"]
         metrics = list(wf.evaluate.metrics)
         cases = load_cases(ctx.run_dir)["test"]
+        domain = str(ctx.upstream["prepare"].get("domain", ""))
         rows: list[dict[str, Any]] = []
+        domain_rows: list[dict[str, Any]] = []
+
+        def pred_final(cid: str) -> np.ndarray:
+            return np.asarray(nib.load(str(ctx.run_dir / post["predictions"][cid])).dataobj).astype(np.int64)
+
         for case in tqdm(cases, desc="evaluate", unit="case", disable=not wf.train.progress):
             truth_img = nib.load(case["label"])
             truth = np.asarray(truth_img.dataobj).astype(np.int64)
@@ -70,6 +102,7 @@ class EvaluateStage(Stage):
                 for c, values in case_metrics(pred, truth, num_classes, _spacing(truth_img), metrics).items():
                     case_rows[c].update({f"{m}{suffix}": v for m, v in values.items()})
             rows.extend(case_rows.values())
+            domain_rows.extend(_domain_metrics(domain, case, truth, pred_final(case["id"]), _spacing(truth_img)))
         summary: dict[str, Any] = {"workflow": wf.name, "n_cases": len(cases)}
         for suffix in variants:
             classes = {labels[str(c)]: {m: nanmean([r[f"{m}{suffix}"] for r in rows if r["class"] == c])
@@ -80,17 +113,30 @@ class EvaluateStage(Stage):
                 summary["no_crf"] = part
             else:
                 summary.update(part)
+        if domain_rows:
+            keys = [k for k in domain_rows[0] if k != "case"]
+            summary["domain"] = {k: nanmean([r[k] for r in domain_rows]) for k in keys}
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=["case", *keys], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
+                             for r in domain_rows)
+            write_text(ctx.stage_dir / "cases_domain.csv", buf.getvalue())
         if "crf" in post:
             summary["crf"] = post["crf"]
             ctx.log.info("[evaluate] with vs without CRF:\n%s", before_after_table(summary, metrics))
-        fields = ["case", "class", "class_name"] + [f"{m}{s}" for m in metrics for s in variants]
+        per_case = {r["case"]: {k: v for k, v in r.items() if k in CASE_LEVEL} for r in domain_rows}
+        for r in rows:
+            r.update(per_case.get(r["case"], {}))
+        extra_cols = [k for k in CASE_LEVEL if any(k in v for v in per_case.values())]
+        fields = ["case", "class", "class_name"] + [f"{m}{s}" for m in metrics for s in variants] + extra_cols
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
         write_text(ctx.stage_dir / "cases.csv", buf.getvalue())
-        files = ["evaluate/cases.csv", "summary.json"]
+        files = ["evaluate/cases.csv", "summary.json"] + (["evaluate/cases_domain.csv"] if domain_rows else [])
         if wf.evaluate.figures and cases:
             shown = [{**c, "pred": str(ctx.run_dir / post["predictions"][c["id"]])}
                      for c in cases[: wf.evaluate.figures]]
@@ -102,6 +148,7 @@ class EvaluateStage(Stage):
     def track(self, tracker: Tracker, ctx: StageContext, outputs: dict[str, Any]) -> None:
         summary = outputs["summary"]
         flat: dict[str, float] = {}
+        flat.update({f"test_{k.replace('/', '_')}": v for k, v in summary.get("domain", {}).items()})
         for part, suffix in ((summary, ""), (summary.get("no_crf"), "_no_crf")):
             if part is None:
                 continue
