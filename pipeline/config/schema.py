@@ -56,7 +56,18 @@ class AugmentConfig(Strict):
         description="maximum rotation about x, y, z in degrees; 2D images rotate in-plane by the z entry",
     )
     scale_prob: float = Field(default=0.0, ge=0, le=1)
-    scale_range: float = Field(default=0.1, ge=0, lt=1)
+    scale_range: float = Field(default=0.1, ge=0, lt=1, description="zoom in [1 - range, 1 + range]")
+    scale_limits: list[float] | None = Field(
+        default=None, min_length=2, max_length=2,
+        description="explicit [min, max] zoom instead of scale_range, e.g. [0.5, 2.0] as in DeepLab and PSPNet",
+    )
+
+    @field_validator("scale_limits")
+    @classmethod
+    def _limits(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale_limits must be [min, max] with 0 < min <= max, not {v}")
+        return v
     intensity_prob: float = Field(default=0.0, ge=0, le=1)
     intensity_shift: float = Field(default=0.1, ge=0)
     intensity_scale: float = Field(default=0.1, ge=0)

@@ -81,7 +81,9 @@ def random_transforms(cfg: PreprocessConfig, spatial_dims: int = 3) -> list[mt.T
     if aug.scale_prob > 0:
         chain.append(
             mt.RandZoomd(
-                keys=keys, prob=aug.scale_prob, min_zoom=1 - aug.scale_range, max_zoom=1 + aug.scale_range,
+                keys=keys, prob=aug.scale_prob,
+                min_zoom=aug.scale_limits[0] if aug.scale_limits else 1 - aug.scale_range,
+                max_zoom=aug.scale_limits[1] if aug.scale_limits else 1 + aug.scale_range,
                 mode=("trilinear" if spatial_dims == 3 else "bilinear", "nearest"), keep_size=True,
             )
         )

@@ -72,6 +72,7 @@ def test_unreadable_yaml(tmp_path: Path, text: str, expected: str) -> None:
         ({"train.loss": {"name": "dicee"}}, "train.loss.name: unknown loss 'dicee'"),
         ({"data.manifest": "/nonexistent/manifest.json"}, "data.manifest: file not found"),
         ({"preprocess.orientation": "RAX"}, "preprocess.orientation:"),
+        ({"preprocess.augment": {"scale_limits": [2.0, 0.5]}}, "scale_limits must be [min, max]"),
         ({"model.preset": "missing.yaml"}, "model.preset: preset file not found"),
         ({"model.levels": 1}, "model: levels must be at least 2"),
         ({"preprocess.patch.size": [16, 16, 7]}, "preprocess.patch.size [16, 16, 7] must be divisible"),
