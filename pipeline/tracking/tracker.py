@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ from typing import Any
 log = logging.getLogger("pipeline")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def mlflow_key(name: str) -> str:
+    """MLflow accepts letters, digits and ``_-. :/`` in names: other characters (``+`` in ``GCL+IPL``) become ``_``."""
+    return _UNSAFE.sub("_", name)[:250]
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,7 +70,7 @@ class MlflowTracker(Tracker):
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        items = [Param(mlflow_key(k), str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -73,7 +80,7 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and v == v]
+        items = [Metric(mlflow_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v is not None and v == v]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
