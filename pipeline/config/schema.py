@@ -186,6 +186,9 @@ class PostprocessConfig(Strict):
 class EvaluateConfig(Strict):
     metrics: list[Literal["dice", "hd95", "asd"]] = Field(default_factory=lambda: ["dice", "hd95", "asd"])
     figures: int = Field(default=3, ge=0, description="test cases drawn in the overview PNG")
+    instances: Literal["components", "watershed"] = Field(
+        default="components", description="cells: objects from the semantic prediction by connected components, or "
+        "by a distance-transform watershed that splits touching nuclei")
 
 
 class TrackingConfig(Strict):

@@ -16,7 +16,13 @@ from pipeline.config.schema import Workflow
 from pipeline.data.stage import load_cases
 from pipeline.engine.stage import STAGES, Stage, StageContext
 from pipeline.evaluation.figures import overview_png
-from pipeline.evaluation.domain import boundary_errors, boundary_rows, instance_metrics, instances_from_semantic
+from pipeline.evaluation.domain import (
+    boundary_errors,
+    boundary_rows,
+    instance_metrics,
+    instances_by_watershed,
+    instances_from_semantic,
+)
 from pipeline.evaluation.metrics import case_metrics, nanmean
 from pipeline.io.atomic import write_json, write_text
 from pipeline.tracking.tracker import Tracker
@@ -32,15 +38,17 @@ CASE_LEVEL = ("instance_f1", "mean_matched_iou", "boundary_mae_px", "boundary_ma
 
 
 def _domain_metrics(domain: str, case: dict[str, Any], truth: np.ndarray, pred: np.ndarray,
-                    spacing: list[float]) -> list[dict[str, Any]]:
-    """Cells: object F1 at IoU 0.5 and mean matched IoU (instances = connected components of the prediction;
+                    spacing: list[float], instances: str = "components") -> list[dict[str, Any]]:
+    """Cells: object F1 at IoU 0.5 and mean matched IoU (instances = connected components or watershed of the
+    prediction;
     reference instances from the manifest's ``instances`` file when present). OCT B-scans: mean absolute position
     error of each layer boundary, in pixels and µm (depth along the second axis, as the importers store it)."""
     if domain.startswith("cell"):
         extras = case.get("extras", {})
         ref = (np.asarray(nib.load(extras["instances"]).dataobj) if "instances" in extras
                else instances_from_semantic(truth, range(1, int(truth.max()) + 1)))
-        pred_inst = instances_from_semantic(pred, range(1, max(int(pred.max()), 1) + 1))
+        split = instances_by_watershed if instances == "watershed" else instances_from_semantic
+        pred_inst = split(pred, range(1, max(int(pred.max()), 1) + 1))
         m = instance_metrics(pred_inst, ref)
         return [{"case": case["id"], "instance_f1": m["f1"], "mean_matched_iou": m["mean_matched_iou"],
                  "n_pred": m["n_pred"], "n_true": m["n_true"]}]
@@ -102,7 +110,8 @@ class EvaluateStage(Stage):
                 for c, values in case_metrics(pred, truth, num_classes, _spacing(truth_img), metrics).items():
                     case_rows[c].update({f"{m}{suffix}": v for m, v in values.items()})
             rows.extend(case_rows.values())
-            domain_rows.extend(_domain_metrics(domain, case, truth, pred_final(case["id"]), _spacing(truth_img)))
+            domain_rows.extend(_domain_metrics(domain, case, truth, pred_final(case["id"]), _spacing(truth_img),
+                                               wf.evaluate.instances))
         summary: dict[str, Any] = {"workflow": wf.name, "n_cases": len(cases)}
         for suffix in variants:
             classes = {labels[str(c)]: {m: nanmean([r[f"{m}{suffix}"] for r in rows if r["class"] == c])

@@ -45,3 +45,17 @@ def test_boundary_rows_and_errors_in_micrometres() -> None:
     fluid = truth.copy()
     fluid[:, 4] = 9  # fluid pixels are skipped, not read as a layer
     assert boundary_rows(fluid)[3, 0] == 5
+
+
+def test_watershed_splits_touching_discs() -> None:
+    from pipeline.evaluation.domain import instances_by_watershed
+
+    x, y = np.meshgrid(np.arange(40), np.arange(30), indexing="ij")
+    a = (x - 12) ** 2 + (y - 15) ** 2 < 64
+    b = (x - 26) ** 2 + (y - 15) ** 2 < 64  # overlaps a: one connected component
+    truth = np.where(a, 1, 0) + np.where(b & ~a, 2, 0)
+    sem = (truth > 0).astype(int)
+    assert instances_from_semantic(sem).max() == 1
+    split = instances_by_watershed(sem)
+    assert split.max() == 2
+    assert instance_metrics(split, truth)["f1"] == 1.0
