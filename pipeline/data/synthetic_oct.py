@@ -70,6 +70,7 @@ __all__ = [
     "case_seed",
     "fill_layers",
     "make_oct_case",
+    "make_oct_volume",
     "register",
     "write_oct_case",
 ]
@@ -124,6 +125,8 @@ def make_oct_case(
     shape: Sequence[int] = DEFAULT_SHAPE,
     spacing: Sequence[float] = DEFAULT_SPACING,
     fluid_probability: float = 0.5,
+    slow_mm: float = 0.0,
+    speckle_seed: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Generate one synthetic OCT B-scan.
 
@@ -132,6 +135,10 @@ def make_oct_case(
         shape: ``(X, Y)`` = (A-scans, rows per A-scan).
         spacing: ``(lateral, axial)`` pixel size in mm.
         fluid_probability: chance that the case has fluid (label 9).
+        slow_mm: distance of this B-scan from the fovea along the slow (B-scan) axis, for volumes: the pit, the
+            cysts and the subretinal dome are radially symmetric en face, so they shrink away from 0.
+        speckle_seed: seed of the speckle and texture of this B-scan (default: drawn from ``seed``); the B-scans of
+            a volume share the anatomy (``seed``) but not the noise.
 
     Returns:
         ``(image, label, boundaries, affine)``: image float32 ``(X, Y)`` in [0, 1], label uint8 ``(X, Y)`` (0..9,
@@ -154,7 +161,7 @@ def make_oct_case(
     # --- layer thicknesses (um) per column -----------------------------------------------------------------------
     fovea = rng.uniform(-0.12, 0.12) * width * lat_mm
     pit_sigma = rng.uniform(0.3, 0.45)
-    g = np.exp(-0.5 * ((x_mm - fovea) / pit_sigma) ** 2)
+    g = np.exp(-0.5 * ((x_mm - fovea) ** 2 + slow_mm**2) / pit_sigma**2)
     para = _PARA_UM * rng.uniform(0.92, 1.08, size=7)
     nasal = rng.choice([-1.0, 1.0])
     thick = np.empty((7, width))
@@ -188,8 +195,8 @@ def make_oct_case(
         centre = fovea + rng.uniform(-0.4, 0.4)
         half_width = rng.uniform(0.25, 0.55)
         height_rows = rng.uniform(30.0, 80.0) / ax_um
-        u = (x_mm - centre) / half_width
-        srf = height_rows * np.sqrt(np.clip(1.0 - u**2, 0.0, None)) ** 1.5
+        u2 = ((x_mm - centre) / half_width) ** 2 + (slow_mm / half_width) ** 2
+        srf = height_rows * np.sqrt(np.clip(1.0 - u2, 0.0, None)) ** 1.5
         bounds[:7] -= srf[None, :]
 
     # place vertically: BM at ~70-78 % of the depth, then keep a margin above the ILM and below the BM
@@ -218,8 +225,13 @@ def make_oct_case(
             if bottom - top < 6:
                 continue
             cy = rng.uniform(top + 0.3 * (bottom - top), bottom - 0.3 * (bottom - top))
-            rx = rng.uniform(25.0, 70.0) / (lat_mm * 1000.0)
+            rx_mm = rng.uniform(25.0, 70.0) / 1000.0
+            rx = rx_mm / lat_mm
             ry = min(rng.uniform(20.0, 60.0) / ax_um, 0.45 * (bottom - top))
+            shrink = 1.0 - (slow_mm / rx_mm) ** 2  # round en face: the cyst's cross-section at this B-scan
+            if shrink <= 0:
+                continue
+            rx, ry = rx * math.sqrt(shrink), ry * math.sqrt(shrink)
             cyst = ((xs - cx) / max(rx, 0.6)) ** 2 + ((rows - cy) / ry) ** 2 < 1.0
             cyst &= (rows > bounds[0][:, None]) & (rows < bounds[5][:, None])
             fluid |= cyst
@@ -227,6 +239,8 @@ def make_oct_case(
 
     # --- image formation -------------------------------------------------------------------------------------------
     refl = (_REFLECTIVITY * rng.uniform(0.85, 1.15, size=_REFLECTIVITY.size))[label].astype(np.float64)
+    if speckle_seed is not None:
+        rng = np.random.default_rng(np.random.SeedSequence(int(speckle_seed) & ((1 << 128) - 1)))
     refl[label == 0] = _REFLECTIVITY[0]
     ez = (label == 6) & (rows < bounds[5][:, None] + 8.0 / ax_um)  # ellipsoid zone: bright line below ISM/ISE
     refl[ez] = rng.uniform(0.8, 1.0)
@@ -257,6 +271,36 @@ def make_oct_case(
     return image, label, bounds, affine
 
 
+def make_oct_volume(
+    seed: int,
+    shape: Sequence[int] = (*DEFAULT_SHAPE, 32),
+    spacing: Sequence[float] = (*DEFAULT_SPACING, 0.06),
+    fluid_probability: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A volume of B-scans ``(X, Y, Z)`` through one retina, the fovea at the middle B-scan (Z is the slow axis).
+
+    All B-scans share the anatomy drawn from ``seed``; the foveal pit, cysts and subretinal fluid are round en
+    face, so they shrink away from the central B-scan; speckle differs per B-scan.
+
+    Returns:
+        ``(image (X, Y, Z), label (X, Y, Z), boundaries (8, X, Z), affine)``.
+    """
+    shape = tuple(int(s) for s in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or len(spacing) != 3 or shape[2] < 1 or spacing[2] <= 0:
+        raise DataError(f"synthetic OCT volume: shape and spacing need 3 entries (X, Y, Z), got {shape}, {spacing}")
+    slices = [
+        make_oct_case(seed, shape[:2], spacing[:2], fluid_probability,
+                      slow_mm=(z - (shape[2] - 1) / 2.0) * spacing[2], speckle_seed=case_seed(seed, f"bscan{z}"))
+        for z in range(shape[2])
+    ]
+    image = np.stack([s[0] for s in slices], axis=2)
+    label = np.stack([s[1] for s in slices], axis=2)
+    bounds = np.stack([s[2] for s in slices], axis=2)
+    affine = np.diag([*spacing, 1.0])
+    return image, label, bounds, affine
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------------------------
@@ -283,7 +327,8 @@ def write_oct_case(root: Path, entry: dict, source: dict) -> None:
     entry has one, ``entry['boundaries']`` (``.npy``) under ``root``, atomically (boundaries first, image last).
 
     The seed comes from ``source['seed']`` and the case id (:func:`case_seed`); optional ``source['shape']``
-    (``[X, Y]``), ``source['spacing']`` (mm) and ``source['fluid_probability']`` override the defaults.
+    (``[X, Y]``, or ``[X, Y, Z]`` for a volume of B-scans), ``source['spacing']`` (mm) and
+    ``source['fluid_probability']`` override the defaults.
 
     Raises:
         DataError: the entry or source is malformed.
@@ -293,12 +338,17 @@ def write_oct_case(root: Path, entry: dict, source: dict) -> None:
 
     what = "synthetic OCT"
     seed = _check_entry(entry, source, ("id", "image", "label"), what)
-    shape = _parse_pair(source, "shape", DEFAULT_SHAPE, int)
-    spacing = _parse_pair(source, "spacing", DEFAULT_SPACING, float)
     prob = source.get("fluid_probability", 0.5)
     if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
         raise DataError(f"{what} source: 'fluid_probability' must be a number in [0, 1], got {prob!r}")
-    image, label, bounds, affine = make_oct_case(case_seed(seed, entry["id"]), shape, spacing, float(prob))
+    if isinstance(source.get("shape"), Sequence) and len(source["shape"]) == 3:  # a volume of B-scans
+        shape3 = tuple(int(v) for v in source["shape"])
+        spacing3 = tuple(float(v) for v in source.get("spacing") or (*DEFAULT_SPACING, 0.06))
+        image, label, bounds, affine = make_oct_volume(case_seed(seed, entry["id"]), shape3, spacing3, float(prob))
+    else:
+        shape = _parse_pair(source, "shape", DEFAULT_SHAPE, int)
+        spacing = _parse_pair(source, "spacing", DEFAULT_SPACING, float)
+        image, label, bounds, affine = make_oct_case(case_seed(seed, entry["id"]), shape, spacing, float(prob))
     root = Path(root)
     if isinstance(entry.get("boundaries"), str) and entry["boundaries"]:
         target = root / entry["boundaries"]

@@ -169,3 +169,21 @@ def test_register_and_demo_manifest(tmp_path):
     reg.get("synthetic_oct")(tmp_path, entry, doc["source"])
     assert np.load(tmp_path / entry["boundaries"]).shape == (8, doc["source"]["shape"][0])
     np.testing.assert_allclose(nib.load(tmp_path / entry["image"]).header.get_zooms(), entry["spacing"], rtol=1e-6)
+
+
+def test_volume_of_bscans_shares_anatomy_with_the_pit_at_the_centre(tmp_path):
+    import nibabel as nib
+
+    from pipeline.data.synthetic_oct import make_oct_volume, write_oct_case
+
+    image, label, bounds, affine = make_oct_volume(3, (96, 128, 7), (0.01133, 0.00387, 0.1))
+    assert image.shape == label.shape == (96, 128, 7) and bounds.shape == (8, 96, 7)
+    np.testing.assert_allclose(np.diag(affine), [0.01133, 0.00387, 0.1, 1.0])
+    thickness = (bounds[7] - bounds[0]).min(axis=0)  # thinnest retina per B-scan: the pit
+    assert thickness.argmin() == 3 and thickness[0] > thickness[3] + 5 and thickness[-1] > thickness[3] + 5
+    assert not np.array_equal(image[..., 2], image[..., 4])  # speckle differs per B-scan
+    again, *_ = make_oct_volume(3, (96, 128, 7), (0.01133, 0.00387, 0.1))
+    np.testing.assert_array_equal(again, image)
+    entry = {"id": "v0", "image": "i/v0.nii.gz", "label": "l/v0.nii.gz"}
+    write_oct_case(tmp_path, entry, {"seed": 1, "shape": [64, 96, 5], "spacing": [0.01, 0.004, 0.05]})
+    assert nib.load(tmp_path / "l" / "v0.nii.gz").shape == (64, 96, 5)
