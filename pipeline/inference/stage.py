@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -32,9 +33,13 @@ def probabilities_on_original(model: Any, image_path: str, wf: Workflow, device:
     d = pre({"image": image_path})
     probs = predict_case(model, d["image"], wf.infer, device)
     pred = MetaTensor(probs, meta=d["image"].meta, applied_operations=list(d["image"].applied_operations))
-    inverted = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)(
-        {"image": d["image"], "pred": pred}
-    )["pred"]
+    with warnings.catch_warnings():
+        # MONAI's inverse orientation warns for 2D images that their (3D) NIfTI axis codes are longer than the
+        # image's rank; the inverse itself is right (tests/inference/test_geometry.py).
+        warnings.filterwarnings("ignore", message="axcodes .* length is smaller")
+        inverted = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)(
+            {"image": d["image"], "pred": pred}
+        )["pred"]
     return np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
 
 
