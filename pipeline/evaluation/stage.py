@@ -60,6 +60,14 @@ def _domain_metrics(domain: str, case: dict[str, Any], truth: np.ndarray, pred: 
     return []
 
 
+def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    return buf.getvalue()
+
+
 def before_after_table(summary: dict[str, Any], metrics: list[str]) -> str:
     """A Markdown table of each class's metrics without and with the CRF (DeepLab-style before/after)."""
     head = "| class | " + " | ".join(f"{m} no CRF | {m} CRF" for m in metrics) + " |"
@@ -97,9 +105,6 @@ class EvaluateStage(Stage):
         rows: list[dict[str, Any]] = []
         domain_rows: list[dict[str, Any]] = []
 
-        def pred_final(cid: str) -> np.ndarray:
-            return np.asarray(nib.load(str(ctx.run_dir / post["predictions"][cid])).dataobj).astype(np.int64)
-
         for case in tqdm(cases, desc="evaluate", unit="case", disable=not wf.train.progress):
             truth_img = nib.load(case["label"])
             truth = np.asarray(truth_img.dataobj).astype(np.int64)
@@ -109,9 +114,10 @@ class EvaluateStage(Stage):
                 pred = np.asarray(nib.load(str(ctx.run_dir / preds[case["id"]])).dataobj).astype(np.int64)
                 for c, values in case_metrics(pred, truth, num_classes, _spacing(truth_img), metrics).items():
                     case_rows[c].update({f"{m}{suffix}": v for m, v in values.items()})
+                if not suffix:  # the final prediction
+                    domain_rows.extend(_domain_metrics(domain, case, truth, pred, _spacing(truth_img),
+                                                       wf.evaluate.instances))
             rows.extend(case_rows.values())
-            domain_rows.extend(_domain_metrics(domain, case, truth, pred_final(case["id"]), _spacing(truth_img),
-                                               wf.evaluate.instances))
         summary: dict[str, Any] = {"workflow": wf.name, "n_cases": len(cases)}
         for suffix in variants:
             classes = {labels[str(c)]: {m: nanmean([r[f"{m}{suffix}"] for r in rows if r["class"] == c])
@@ -125,12 +131,7 @@ class EvaluateStage(Stage):
         if domain_rows:
             keys = [k for k in domain_rows[0] if k != "case"]
             summary["domain"] = {k: nanmean([r[k] for r in domain_rows]) for k in keys}
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=["case", *keys], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()}
-                             for r in domain_rows)
-            write_text(ctx.stage_dir / "cases_domain.csv", buf.getvalue())
+            write_text(ctx.stage_dir / "cases_domain.csv", _csv(domain_rows, ["case", *keys]))
         if "crf" in post:
             summary["crf"] = post["crf"]
             ctx.log.info("[evaluate] with vs without CRF:\n%s", before_after_table(summary, metrics))
@@ -139,12 +140,7 @@ class EvaluateStage(Stage):
             r.update(per_case.get(r["case"], {}))
         extra_cols = [k for k in CASE_LEVEL if any(k in v for v in per_case.values())]
         fields = ["case", "class", "class_name"] + [f"{m}{s}" for m in metrics for s in variants] + extra_cols
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        write_text(ctx.stage_dir / "cases.csv", buf.getvalue())
+        write_text(ctx.stage_dir / "cases.csv", _csv(rows, fields))
         files = ["evaluate/cases.csv", "summary.json"] + (["evaluate/cases_domain.csv"] if domain_rows else [])
         if wf.evaluate.figures and cases:
             shown = [{**c, "pred": str(ctx.run_dir / post["predictions"][c["id"]])}
