@@ -33,6 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pipeline.data.splits import rel_to
+from pipeline.data.splits import split_counts as shared_split_counts
 from pipeline.errors import DataError
 from pipeline.io.atomic import atomic_path, write_json
 
@@ -395,26 +397,13 @@ def _case_id(path: Path) -> str:
     return name
 
 
-def _rel_to(path: Path, folder: Path) -> str:
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
-
-
 def split_counts(n: int) -> tuple[int, int, int]:
     """(training, validation, test) sizes for ``n`` labelled cases: 22/4/6 for 32, scaled proportionally.
 
     With at least 3 cases, validation and test get at least one case each and training keeps at least one;
     with fewer, all cases are training.
     """
-    if n < 3:
-        return n, 0, 0
-    n_val = max(1, round(n * _REFERENCE_VALIDATION / _REFERENCE_CASES))
-    n_test = max(1, round(n * _REFERENCE_TEST / _REFERENCE_CASES))
-    while n - n_val - n_test < 1:
-        if n_test >= n_val and n_test > 1:
-            n_test -= 1
-        else:
-            n_val -= 1
-    return n - n_val - n_test, n_val, n_test
+    return shared_split_counts(n, _REFERENCE_VALIDATION / _REFERENCE_CASES, _REFERENCE_TEST / _REFERENCE_CASES)
 
 
 def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
@@ -545,8 +534,8 @@ def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
     for key, members in splits.items():
         manifest[key] = [
             {
-                "image": _rel_to(c["image_path"], folder),
-                "label": _rel_to(c["label_path"], folder),
+                "image": rel_to(c["image_path"], folder),
+                "label": rel_to(c["label_path"], folder),
                 "id": c["id"],
                 "fold": folds.get(c["id"], -1),
                 "spacing": c["spacing"],
@@ -554,7 +543,7 @@ def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
             for c in sorted(members, key=lambda c: c["id"])
         ]
     manifest["unlabeled"] = [
-        {"id": _case_id(p), "image": _rel_to(p, folder)} for p in sorted(unlabeled_paths, key=_case_id)
+        {"id": _case_id(p), "image": rel_to(p, folder)} for p in sorted(unlabeled_paths, key=_case_id)
     ]
     write_json(out, manifest)
     return manifest

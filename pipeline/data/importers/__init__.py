@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.splits import rel_to
+from pipeline.data.splits import split_counts as shared_split_counts
 from pipeline.errors import DataError
 from pipeline.io.atomic import atomic_path, write_json
 
@@ -136,24 +138,10 @@ def save_npy(target: str | os.PathLike[str], data: np.ndarray) -> None:
             np.save(f, np.asarray(data), allow_pickle=False)
 
 
-def rel_to(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> str:
-    """``path`` relative to ``folder``, POSIX style."""
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
-
-
 def split_counts(n: int) -> tuple[int, int, int]:
     """(training, validation, test) sizes for ``n`` items: about 70/10/20, at least one validation and one test
     item once ``n >= 3`` and always at least one training item."""
-    if n < 3:
-        return n, 0, 0
-    n_val = max(1, round(n * 0.1))
-    n_test = max(1, round(n * 0.2))
-    while n - n_val - n_test < 1:
-        if n_test >= n_val and n_test > 1:
-            n_test -= 1
-        else:
-            n_val -= 1
-    return n - n_val - n_test, n_val, n_test
+    return shared_split_counts(n, 0.1, 0.2)
 
 
 def split_cases(cases: Sequence[dict[str, Any]], seed: int = 0, group_key: str | None = None) -> dict[str, list]:
