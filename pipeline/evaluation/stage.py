@@ -25,12 +25,8 @@ from pipeline.evaluation.domain import (
 )
 from pipeline.evaluation.metrics import case_metrics, nanmean
 from pipeline.io.atomic import write_json, write_text
+from pipeline.io.nifti import spacing_of
 from pipeline.tracking.tracker import Tracker
-
-
-def _spacing(img: nib.Nifti1Image) -> list[float]:
-    """Voxel size in mm per spatial axis, from the affine's column norms (right for oblique scans too)."""
-    return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)][: len(img.shape)]
 
 
 # Case-level domain metrics that also go into cases.csv (repeated on each class row of the case).
@@ -112,10 +108,10 @@ class EvaluateStage(Stage):
                          for c in range(1, num_classes)}
             for suffix, preds in variants.items():
                 pred = np.asarray(nib.load(str(ctx.run_dir / preds[case["id"]])).dataobj).astype(np.int64)
-                for c, values in case_metrics(pred, truth, num_classes, _spacing(truth_img), metrics).items():
+                for c, values in case_metrics(pred, truth, num_classes, spacing_of(truth_img), metrics).items():
                     case_rows[c].update({f"{m}{suffix}": v for m, v in values.items()})
                 if not suffix:  # the final prediction
-                    domain_rows.extend(_domain_metrics(domain, case, truth, pred, _spacing(truth_img),
+                    domain_rows.extend(_domain_metrics(domain, case, truth, pred, spacing_of(truth_img),
                                                        wf.evaluate.instances))
             rows.extend(case_rows.values())
         summary: dict[str, Any] = {"workflow": wf.name, "n_cases": len(cases)}

@@ -16,6 +16,12 @@ def spatial_ndim(img: nib.spatialimages.SpatialImage) -> int:
     return 2 if len(img.shape) == 2 else 3
 
 
+def spacing_of(img: nib.spatialimages.SpatialImage) -> list[float]:
+    """Voxel size in mm per spatial axis, from the affine's column norms (right for oblique scans too, where the
+    header zooms and the affine can disagree)."""
+    return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)][: spatial_ndim(img)]
+
+
 PROBABILITY_SCALE = 65535  # probabilities are stored as uint16 * 1/65535 (NIfTI-1 has no float16)
 
 

@@ -14,14 +14,9 @@ import numpy as np
 from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError
 from pipeline.inference.predict import select_device
-from pipeline.io.nifti import spatial_ndim
+from pipeline.io.nifti import spacing_of, spatial_ndim
 
 AFFINE_TOL = 1e-3
-
-
-def spacing_of(img: nib.Nifti1Image) -> list[float]:
-    """Voxel size in mm per spatial axis, from the affine's column norms (right for oblique scans too)."""
-    return [float(v) for v in np.linalg.norm(img.affine[:3, :3], axis=0)]
 
 
 def zscore_channels(image: np.ndarray, spatial_dims: int = 3) -> np.ndarray:
@@ -70,7 +65,7 @@ def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None 
     if worst > tol:
         raise DataError(f"{probs_path}: probabilities must sum to 1 over the class axis (last axis); the worst voxel "
                         f"is off by {worst:.3g}. Save softmax outputs, not logits or label maps")
-    return renormalise(k_first), zscore_channels(np.asarray(image), nd), spacing_of(iimg)[:nd], iimg
+    return renormalise(k_first), zscore_channels(np.asarray(image), nd), spacing_of(iimg), iimg
 
 
 def renormalise(probs: np.ndarray) -> np.ndarray:
