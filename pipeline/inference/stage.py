@@ -2,45 +2,32 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
+import nibabel as nib
 import numpy as np
-from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
 from pipeline.data.stage import load_cases
 from pipeline.engine.stage import STAGES, Stage, StageContext
-from pipeline.inference.predict import predict_case, select_device
+from pipeline.inference.predict import select_device
+from pipeline.inference.predictor import Predictor
 from pipeline.io.nifti import write_like, write_probabilities
 from pipeline.models import build_model
 from pipeline.training.checkpoint import load_checkpoint
-from pipeline.transforms.build import deterministic_transforms
+
+
+def predict_file(predictor: Predictor, image_path: str, probabilities: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and optionally class probabilities ``(K, *spatial)``) of one NIfTI scan on its own grid."""
+    img = nib.load(str(image_path))
+    return predictor(np.asarray(img.dataobj), img.affine, probabilities)
 
 
 def predict_to_original(model: Any, image_path: str, wf: Workflow, device: Any, spatial_dims: int = 3) -> np.ndarray:
     """Preprocess one scan, predict it, invert the spatial transforms and return labels on the scan's grid."""
-    probs = probabilities_on_original(model, image_path, wf, device, spatial_dims)
-    return np.asarray(probs.argmax(0), dtype=np.uint8)
-
-
-def probabilities_on_original(model: Any, image_path: str, wf: Workflow, device: Any,
-                              spatial_dims: int = 3) -> np.ndarray:
-    """Class probabilities ``(K, *spatial)`` on the scan's own grid (float32)."""
-    pre = Compose(deterministic_transforms(wf.preprocess, keys=("image",), spatial_dims=spatial_dims))
-    d = pre({"image": image_path})
-    probs = predict_case(model, d["image"], wf.infer, device)
-    pred = MetaTensor(probs, meta=d["image"].meta, applied_operations=list(d["image"].applied_operations))
-    with warnings.catch_warnings():
-        # MONAI's inverse orientation warns for 2D images that their (3D) NIfTI axis codes are longer than the
-        # image's rank; the inverse itself is right (tests/inference/test_geometry.py).
-        warnings.filterwarnings("ignore", message="axcodes .* length is smaller")
-        inverted = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False)(
-            {"image": d["image"], "pred": pred}
-        )["pred"]
-    return np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
+    return predict_file(Predictor(model, wf.preprocess, wf.infer, device, spatial_dims), image_path)[0]
 
 
 @STAGES.register("infer")
@@ -62,9 +49,9 @@ class InferStage(Stage):
         ckpt = load_checkpoint(ctx.run_dir / "train" / "best.pt", device)
         m = ckpt["model"]
         dims = int(ctx.upstream["prepare"].get("spatial_dims", 3))
-        model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], dims).to(device)
+        model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], dims)
         model.load_state_dict(ckpt["model_state"])
-        model.eval()
+        predictor = Predictor(model, wf.preprocess, wf.infer, device, dims)
         crf = wf.postprocess.crf
         all_cases = load_cases(ctx.run_dir)
         todo = [("test", c) for c in all_cases["test"]]
@@ -76,10 +63,10 @@ class InferStage(Stage):
             rel, probs_rel = f"{folder}/{case['id']}.nii.gz", f"{folder}/{case['id']}_probs.nii.gz"
             save_probs = crf is not None
             if not (ctx.resume and (ctx.run_dir / rel).is_file()):
-                probs = probabilities_on_original(model, case["image"], wf, device, dims)
-                if save_probs:  # class axis last: the layout `pipeline crf` reads
+                labels, probs = predict_file(predictor, case["image"], save_probs)
+                if probs is not None:  # class axis last: the layout `pipeline crf` reads
                     write_probabilities(case["image"], probs, ctx.run_dir / probs_rel)
-                write_like(case["image"], probs.argmax(0).astype(np.uint8), ctx.run_dir / rel)
+                write_like(case["image"], labels, ctx.run_dir / rel)
             if split == "test":
                 out["predictions"][case["id"]] = rel
             if save_probs:

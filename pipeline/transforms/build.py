@@ -21,17 +21,17 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("image", "label"),
-                             spatial_dims: int = 3) -> list[mt.Transform]:
+                             spatial_dims: int = 3, load: bool = True) -> list[mt.Transform]:
     """Load and normalise a case; ``keys`` is ``("image",)`` at inference and ``("image", "label")`` otherwise.
-    2D images use the first two orientation codes."""
+    2D images use the first two orientation codes. With ``load=False`` the chain starts from channel-first
+    ``MetaTensor``s that carry their affine (``pipeline infer`` reads every format itself)."""
     keys = tuple(keys)
     has_label = "label" in keys
     modes = tuple("bilinear" if k == "image" else "nearest" for k in keys)
-    chain: list[mt.Transform] = [
-        mt.LoadImaged(keys=keys, image_only=True, reader="NibabelReader"),
-        mt.EnsureChannelFirstd(keys=keys),
-        mt.EnsureTyped(keys=keys, dtype=np.float32, track_meta=True),
-    ]
+    chain: list[mt.Transform] = []
+    if load:
+        chain += [mt.LoadImaged(keys=keys, image_only=True, reader="NibabelReader"), mt.EnsureChannelFirstd(keys=keys)]
+    chain.append(mt.EnsureTyped(keys=keys, dtype=np.float32, track_meta=True))
     if cfg.orientation:
         chain.append(mt.Orientationd(keys=keys, axcodes=cfg.orientation[:spatial_dims], labels=RAS_LABELS))
     if cfg.spacing:

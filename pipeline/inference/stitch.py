@@ -1,0 +1,165 @@
+"""Sliding-window prediction stitched slab by slab, so memory stays bounded on large scans.
+
+MONAI's ``sliding_window_inference`` accumulates the weighted logits of every class for the whole volume (plus a
+count map) before anything is reduced: ``K + 1`` full float32 volumes. Here the windows are visited in MONAI's
+order (first spatial axis slowest) and accumulated into a buffer one window deep along that axis; as soon as no
+later window can touch a slab, its probabilities are final and are handed to a *sink* (argmax to labels, or
+probabilities kept in float16). Window positions, padding and the Gaussian weights are MONAI's own
+(``dense_patch_slices``, ``compute_importance_map``), so the result equals MONAI's up to float rounding
+(``tests/inference/test_stitch.py``). The buffer lives on the compute device, so on a GPU the stitching happens
+there and only finished slabs travel to host memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import groupby
+
+import torch
+import torch.nn.functional as F
+from monai.data.meta_tensor import MetaTensor
+from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.inferers.utils import _get_scan_interval
+from monai.utils import ensure_tuple_rep, fall_back_tuple
+from torch import nn
+
+Sink = Callable[[int, int, torch.Tensor], None]
+
+
+class LabelSink:
+    """Keeps only the argmax of each finished slab: ``uint8`` labels, one byte per voxel."""
+
+    def __init__(self, spatial_shape: Sequence[int]) -> None:
+        self.result = torch.zeros(tuple(spatial_shape), dtype=torch.uint8)
+
+    def __call__(self, start: int, stop: int, probs: torch.Tensor) -> None:
+        self.result[start:stop] = probs.argmax(0).to(torch.uint8).cpu()
+
+
+class ProbabilitySink:
+    """Keeps the class probabilities ``(K, *spatial)`` in ``dtype`` (float16 halves the memory of float32)."""
+
+    def __init__(self, spatial_shape: Sequence[int], dtype: torch.dtype = torch.float16) -> None:
+        self.shape, self.dtype = tuple(spatial_shape), dtype
+        self.result: torch.Tensor | None = None
+
+    def __call__(self, start: int, stop: int, probs: torch.Tensor) -> None:
+        if self.result is None:
+            self.result = torch.zeros((probs.shape[0], *self.shape), dtype=self.dtype)
+        self.result[:, start:stop] = probs.to(self.dtype).cpu()
+
+
+@torch.no_grad()
+def stitch(
+    model: nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    device: torch.device,
+    sink: Sink,
+    overlap: float = 0.5,
+    sw_batch_size: int = 1,
+    mode: str = "gaussian",
+    sigma_scale: float = 0.125,
+    flip_axes: Sequence[int] = (),
+    amp: bool = True,
+) -> None:
+    """Predict a channel-first image ``(C, *spatial)`` window by window and feed finished slabs to ``sink``.
+
+    Args:
+        model: network returning logits, in eval mode on ``device``.
+        image: the preprocessed image (any device; windows are copied to ``device`` one batch at a time).
+        roi_size: window size.
+        device: where the network runs and the stitching buffer lives.
+        sink: called as ``sink(start, stop, probs)`` with softmax probabilities ``(K, stop - start, *rest)`` for
+            the slab ``start:stop`` of the first spatial axis; every slab exactly once, in order.
+        overlap: fraction of overlap between windows.
+        sw_batch_size: windows per forward pass.
+        mode: ``gaussian`` (weights fall off towards window borders) or ``constant`` blending.
+        sigma_scale: width of the Gaussian weights relative to the window.
+        flip_axes: spatial axes to mirror for test-time augmentation: each window's logits are averaged with
+            those of its mirrored copies (mirrored back).
+        amp: float16 autocast when ``device`` is CUDA.
+    """
+    x = image.as_tensor() if isinstance(image, MetaTensor) else image
+    x = x[None].float()
+    nd = x.ndim - 2
+    size = tuple(int(s) for s in x.shape[2:])
+    roi = tuple(int(r) for r in fall_back_tuple(roi_size, size))
+    padded = tuple(max(s, r) for s, r in zip(size, roi, strict=True))
+    before = [(p - s) // 2 for p, s in zip(padded, size, strict=True)]
+    pad: list[int] = []
+    for k in reversed(range(nd)):  # F.pad takes the last axis first
+        pad += [before[k], padded[k] - size[k] - before[k]]
+    if any(pad):
+        x = F.pad(x, pad)
+    interval = _get_scan_interval(padded, roi, nd, ensure_tuple_rep(overlap, nd))
+    windows = [tuple(int(s.start) for s in w) for w in dense_patch_slices(padded, roi, interval)]
+    weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device, dtype=torch.float32)
+    variants = [()] + [(a + 2,) for a in flip_axes]
+    autocast = torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda")
+    depth = roi[0]
+    acc: torch.Tensor | None = None  # (K, depth, *padded[1:]) weighted logits of the slab under the windows
+    count = torch.zeros((depth, *padded[1:]), dtype=torch.float32, device=device)
+    inner = tuple(slice(b, b + s) for b, s in zip(before[1:], size[1:], strict=True))
+
+    def flush(lo: int, hi: int, offset: int) -> None:
+        """Hand over the finished padded-axis-0 range ``lo:hi`` (buffer rows from ``offset``), cropped to the image."""
+        a, b = max(lo, before[0]), min(hi, before[0] + size[0])
+        if a >= b or acc is None:
+            return
+        rows = slice(offset + a - lo, offset + b - lo)
+        logits = acc[(slice(None), rows, *inner)] / count[(rows, *inner)]
+        sink(a - before[0], b - before[0], torch.softmax(logits, dim=0))
+
+    previous: int | None = None
+    for start0, group in groupby(windows, key=lambda w: w[0]):
+        if previous is not None:  # rows previous:start0 get no more windows
+            shift = start0 - previous
+            flush(previous, min(start0, previous + depth), 0)
+            if acc is not None:
+                keep = depth - shift
+                if keep > 0:
+                    acc[:, :keep] = acc[:, shift:].clone()
+                    count[:keep] = count[shift:].clone()
+                acc[:, max(keep, 0):] = 0
+                count[max(keep, 0):] = 0
+        previous = start0
+        starts = list(group)
+        for i in range(0, len(starts), sw_batch_size):
+            batch_starts = starts[i : i + sw_batch_size]
+            crops = [tuple(slice(s, s + r) for s, r in zip(st, roi, strict=True)) for st in batch_starts]
+            batch = torch.cat([x[(slice(None), slice(None), *c)] for c in crops]).to(device)
+            logits = None
+            for dims in variants:
+                inp = torch.flip(batch, dims) if dims else batch
+                with autocast:
+                    out = model(inp)
+                out = out.float()
+                out = torch.flip(out, dims) if dims else out
+                logits = out if logits is None else logits + out
+            assert logits is not None
+            logits = logits / len(variants)
+            if acc is None:
+                acc = torch.zeros((logits.shape[1], depth, *padded[1:]), dtype=torch.float32, device=device)
+            for win, st in zip(logits, batch_starts, strict=True):
+                region = (slice(0, depth), *(slice(s, s + r) for s, r in zip(st[1:], roi[1:], strict=True)))
+                acc[(slice(None), *region)] += win * weight
+                count[region] += weight
+    assert previous is not None
+    flush(previous, previous + depth, 0)
+
+
+def predict_labels(model: nn.Module, image: torch.Tensor, device: torch.device, **kwargs: object) -> torch.Tensor:
+    """Labels ``(*spatial)`` uint8 of a preprocessed image; see :func:`stitch` for the arguments."""
+    sink = LabelSink(image.shape[1:])
+    stitch(model, image, device=device, sink=sink, **kwargs)  # type: ignore[arg-type]
+    return sink.result
+
+
+def predict_probabilities_f16(model: nn.Module, image: torch.Tensor, device: torch.device,
+                              **kwargs: object) -> torch.Tensor:
+    """Class probabilities ``(K, *spatial)`` in float16 of a preprocessed image; see :func:`stitch`."""
+    sink = ProbabilitySink(image.shape[1:])
+    stitch(model, image, device=device, sink=sink, **kwargs)  # type: ignore[arg-type]
+    assert sink.result is not None
+    return sink.result
