@@ -25,16 +25,21 @@ def spacing_of(img: nib.spatialimages.SpatialImage) -> list[float]:
 PROBABILITY_SCALE = 65535  # probabilities are stored as uint16 * 1/65535 (NIfTI-1 has no float16)
 
 
+def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(*spatial, K)`` (any float type) as uint16 in units of 1/65535. Each voxel is
+    renormalised to sum to 1 first (float16 inputs round each class a little); a voxel with no probability at all
+    (outside a foreground crop) becomes background."""
+    p = np.clip(np.asarray(probs, dtype=np.float32), 0, 1)
+    total = p.sum(-1, keepdims=True)
+    p[..., :1][total == 0] = 1.0
+    p /= np.maximum(total, 1e-8, where=total > 0, out=np.ones_like(total))
+    return np.round(p * PROBABILITY_SCALE).astype(np.uint16)
+
+
 def write_probabilities(reference: str | Path, probs: np.ndarray, target: str | Path) -> None:
     """Write class probabilities ``(K, *spatial)`` as ``(*spatial, K)`` uint16 with ``scl_slope = 1/65535``: half
-    the size of float32, resolution 1.5e-5, read back as floats by any NIfTI reader. Each voxel is renormalised
-    to sum to 1 first (float16 inputs round each class a little)."""
-    p = np.clip(np.moveaxis(probs, 0, -1).astype(np.float32), 0, 1)
-    total = p.sum(-1, keepdims=True)
-    p[..., :1][total == 0] = 1.0  # no prediction (outside a foreground crop): background
-    p /= np.maximum(total, 1e-8, where=total > 0, out=np.ones_like(total))  # undo float16 rounding of the sums
-    quantised = np.round(p * PROBABILITY_SCALE).astype(np.uint16)
-    write_like(reference, quantised, target, slope=1.0 / PROBABILITY_SCALE)
+    the size of float32, resolution 1.5e-5, read back as floats by any NIfTI reader."""
+    write_like(reference, quantise_probabilities(np.moveaxis(probs, 0, -1)), target, slope=1.0 / PROBABILITY_SCALE)
 
 
 def write_like(reference: str | Path, data: np.ndarray, target: str | Path, slope: float = 1.0) -> None:

@@ -1,0 +1,414 @@
+"""Any scan format in, outputs on exactly the input's grid out: NIfTI, MetaImage, NRRD and DICOM series."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pipeline.errors import DataError
+from pipeline.io.nifti import PROBABILITY_SCALE
+from pipeline.io.scan import (
+    SCAN_SUFFIXES,
+    is_dicom_series,
+    output_name,
+    read_scan,
+    remove_stale_temporaries,
+    scan_suffix,
+    write_labels,
+    write_probabilities,
+)
+from tests.utils import AFFINES, make_affine, rotation, write_nifti
+
+SHAPE = (7, 6, 5)  # x, y, z: all different so any axis mix-up shows
+ITK_SPACING = (1.1, 0.7, 2.3)
+ITK_ORIGIN = (12.5, -30.25, 41.0)
+ITK_DIRECTION = rotation((1, 2, 3), 23.0)
+INDICES = [(0, 0, 0), (6, 0, 0), (0, 5, 0), (0, 0, 4), (6, 5, 4), (3, 2, 1)]
+
+
+def volume(shape=SHAPE) -> np.ndarray:
+    """A non-symmetric int16 volume: every voxel value tells its index."""
+    return np.arange(int(np.prod(shape)), dtype=np.int16).reshape(shape) * 3 - 50
+
+
+def lps_to_ras(point) -> np.ndarray:
+    return np.array(point, dtype=float) * np.array([-1.0, -1.0, 1.0][: len(point)])
+
+
+def world(affine: np.ndarray, index) -> np.ndarray:
+    return (affine @ np.array([*index, *[0] * (3 - len(index)), 1.0]))[:3]
+
+
+def itk_image(array_xyz: np.ndarray, direction=ITK_DIRECTION, origin=ITK_ORIGIN, spacing=ITK_SPACING) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.T))
+    image.SetDirection(np.asarray(direction, dtype=float).ravel().tolist())
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    return image
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ names, formats
+
+
+def test_suffixes_and_output_names(tmp_path: Path) -> None:
+    assert scan_suffix("a/CASE.NII.GZ") == ".nii.gz" and scan_suffix("x.nii") == ".nii"
+    assert [scan_suffix(f"c{s}") for s in SCAN_SUFFIXES] == list(SCAN_SUFFIXES)
+    assert scan_suffix("x.raw") is None and scan_suffix("x.gz") is None and scan_suffix(".nii.gz") is None
+    assert output_name("d/case.nii.gz", "_seg") == "case_seg.nii.gz"
+    assert output_name("a.mha", "_seg") == "a_seg.mha" and output_name("b.mhd") == "b.mhd"
+    assert output_name("v.1.nrrd", "_p") == "v.1_p.nrrd"
+    (tmp_path / "ser1").mkdir()
+    assert output_name(tmp_path / "ser1", "_seg") == "ser1_seg.nii.gz"
+    with pytest.raises(DataError, match="not a supported scan"):
+        output_name(tmp_path / "notes.txt")
+
+
+# ------------------------------------------------------------------------------------------------ NIfTI round trips
+
+
+@pytest.mark.parametrize("key", sorted(AFFINES))
+def test_nifti_round_trip_keeps_affine_qform_sform_and_codes(tmp_path: Path, key: str) -> None:
+    data = volume().astype(np.float32)
+    affine = AFFINES[key]
+    qform = make_affine((1.3, 0.9, 2.2), rotation((0, 1, 1), 9.0), origin=(1.0, 2.0, 3.0)) if key == "anisotropic" \
+        else None
+    src = write_nifti(tmp_path / "case.nii.gz", data, affine, qform=qform)
+    scan = read_scan(src)
+    assert scan.kind == "nifti" and scan.spatial_dims == 3 and scan.spatial_shape == SHAPE
+    np.testing.assert_array_equal(scan.array, data)
+    np.testing.assert_allclose(scan.affine, affine, atol=1e-5)
+
+    labels = (scan.array > 20).astype(np.uint8)
+    labels[6, 5, 4] = 2  # one corner voxel: lands at the same index or the test fails
+    out = write_labels(scan, labels, tmp_path / output_name(src, "_seg"))
+    assert out.name == "case_seg.nii.gz"
+    ref, got = nib.load(str(src)), nib.load(str(out))
+    assert got.shape == SHAPE and got.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asanyarray(got.dataobj), labels)
+    np.testing.assert_allclose(got.affine, ref.affine, atol=1e-6)
+    np.testing.assert_allclose(got.get_qform(), ref.get_qform(), atol=1e-6)
+    np.testing.assert_allclose(got.get_sform(), ref.get_sform(), atol=1e-6)
+    for code in ("qform_code", "sform_code"):
+        assert int(got.header[code]) == int(ref.header[code])
+    if qform is not None:
+        np.testing.assert_allclose(got.get_qform(), qform, atol=1e-5)
+        assert not np.allclose(got.get_qform(), got.get_sform())
+    assert files_in(tmp_path) == ["case.nii.gz", "case_seg.nii.gz"]
+
+
+def test_nifti_codes_other_than_one_are_kept(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(volume(), AFFINES["oblique"])
+    img.set_sform(AFFINES["oblique"], code=2)  # aligned
+    img.set_qform(AFFINES["lps"], code=4)  # MNI
+    nib.save(img, str(tmp_path / "c.nii"))
+    scan = read_scan(tmp_path / "c.nii")
+    got = nib.load(str(write_labels(scan, np.ones(SHAPE, np.uint8), tmp_path / "c_seg.nii")))
+    assert (int(got.header["sform_code"]), int(got.header["qform_code"])) == (2, 4)
+    np.testing.assert_allclose(got.get_qform(), AFFINES["lps"], atol=1e-5)
+    np.testing.assert_allclose(got.affine, AFFINES["oblique"], atol=1e-5)
+
+
+def test_2d_nifti_round_trip(tmp_path: Path) -> None:
+    data = volume((9, 7)).astype(np.float32)
+    affine = make_affine((0.5, 0.8, 1.0), rotation((0, 0, 1), 20.0), origin=(3.0, -2.0, 0.0))
+    src = write_nifti(tmp_path / "img.nii.gz", data, affine)
+    scan = read_scan(src)
+    assert scan.spatial_dims == 2 and scan.spatial_shape == (9, 7)
+    labels = (scan.array > 40).astype(np.uint8)
+    got = nib.load(str(write_labels(scan, labels, tmp_path / "img_seg.nii.gz")))
+    assert got.shape == (9, 7)
+    np.testing.assert_array_equal(np.asanyarray(got.dataobj), labels)
+    np.testing.assert_allclose(got.affine, affine, atol=1e-6)
+    # ...and as a 2D MetaImage: same world position of every corner
+    mha = read_scan(write_labels(scan, labels, tmp_path / "img_seg.mha"))
+    assert mha.spatial_shape == (9, 7)
+    np.testing.assert_array_equal(mha.array, labels)
+    np.testing.assert_allclose(mha.affine, affine, atol=1e-6)
+
+
+def test_2d_itk_image(tmp_path: Path) -> None:
+    data = volume((9, 7))
+    image = itk_image(data, direction=rotation((0, 0, 1), 30.0)[:2, :2], origin=(4.0, 5.0), spacing=(0.6, 1.4))
+    sitk.WriteImage(image, str(tmp_path / "s.nrrd"))
+    scan = read_scan(tmp_path / "s.nrrd")
+    assert scan.spatial_dims == 2 and scan.spatial_shape == (9, 7)
+    np.testing.assert_array_equal(scan.array, data)
+    for index in [(0, 0), (8, 0), (0, 6), (8, 6)]:
+        np.testing.assert_allclose(world(scan.affine, index)[:2],
+                                   lps_to_ras(image.TransformIndexToPhysicalPoint(index)), atol=1e-9)
+    out = sitk.ReadImage(str(write_labels(scan, data > 60, tmp_path / "s_seg.nrrd")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(image) > 60)
+    np.testing.assert_allclose(out.GetDirection(), image.GetDirection(), atol=1e-12)
+    assert out.GetOrigin() == image.GetOrigin() and out.GetSize() == (9, 7)
+
+
+# ------------------------------------------------------------------------------------------------ ITK formats
+
+
+@pytest.mark.parametrize("fmt", [".nrrd", ".mha", ".mhd"])
+def test_itk_formats_keep_geometry_and_indices(tmp_path: Path, fmt: str) -> None:
+    data = volume()
+    image = itk_image(data)
+    src = tmp_path / f"in{fmt}"
+    sitk.WriteImage(image, str(src))
+    scan = read_scan(src)
+    assert scan.kind == "itk" and scan.spatial_shape == SHAPE
+    np.testing.assert_array_equal(scan.array, data)
+    for index in INDICES:
+        np.testing.assert_allclose(world(scan.affine, index), lps_to_ras(image.TransformIndexToPhysicalPoint(index)),
+                                   atol=1e-9)
+
+    target = tmp_path / output_name(src, "_seg")
+    assert write_labels(scan, scan.array > 20, target) == target
+    out = sitk.ReadImage(str(target))
+    assert out.GetSize() == image.GetSize() == SHAPE
+    assert out.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin(), atol=1e-12)
+    np.testing.assert_allclose(out.GetSpacing(), image.GetSpacing(), atol=1e-12)
+    np.testing.assert_allclose(out.GetDirection(), image.GetDirection(), atol=1e-12)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), (sitk.GetArrayFromImage(image) > 20).astype(np.uint8))
+    expected = ["in.raw", "in.mhd", "in_seg.mhd", "in_seg.raw"] if fmt == ".mhd" else [src.name, target.name]
+    assert files_in(tmp_path) == sorted(expected)
+    if fmt == ".mhd":
+        assert "ElementDataFile = in_seg.raw" in target.read_text()
+
+
+def test_itk_probabilities_as_nifti(tmp_path: Path) -> None:
+    image = itk_image(volume())
+    sitk.WriteImage(image, str(tmp_path / "in.mha"))
+    scan = read_scan(tmp_path / "in.mha")
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=SHAPE).astype(np.float32)
+    out = write_probabilities(scan, probs, tmp_path / output_name(tmp_path / "in.nii.gz", "_probs"))
+    got = nib.load(str(out))
+    assert got.shape == (*SHAPE, 3) and got.get_data_dtype() == np.uint16
+    assert np.abs(got.get_fdata() - probs).max() <= 0.5 / PROBABILITY_SCALE + 1e-7
+    assert (int(got.header["qform_code"]), int(got.header["sform_code"])) == (1, 1)
+    for index in INDICES:
+        np.testing.assert_allclose(world(got.affine, index), lps_to_ras(image.TransformIndexToPhysicalPoint(index)),
+                                   atol=1e-4)
+
+
+def test_nifti_probabilities_keep_qform_and_sform(tmp_path: Path) -> None:
+    qform = make_affine((1.0, 1.0, 1.0), origin=(5.0, 5.0, 5.0))
+    src = write_nifti(tmp_path / "c.nii.gz", volume().astype(np.float32), AFFINES["anisotropic"], qform=qform)
+    scan = read_scan(src)
+    probs = np.random.default_rng(1).dirichlet(np.ones(2), size=SHAPE)
+    got = nib.load(str(write_probabilities(scan, probs, tmp_path / "c_probs.nii.gz")))
+    assert got.shape == (*SHAPE, 2)
+    np.testing.assert_allclose(got.get_fdata(), probs, atol=1e-5)
+    np.testing.assert_allclose(got.get_sform(), AFFINES["anisotropic"], atol=1e-5)
+    np.testing.assert_allclose(got.get_qform(), qform, atol=1e-5)
+    with pytest.raises(DataError, match="class axis last"):
+        write_probabilities(scan, np.moveaxis(probs, -1, 0), tmp_path / "bad.nii.gz")
+    with pytest.raises(ValueError, match="NIfTI"):
+        write_probabilities(scan, probs, tmp_path / "c_probs.mha")
+
+
+# ------------------------------------------------------------------------------------------------ DICOM
+
+
+def write_dicom_series(folder: Path, data: np.ndarray, direction=ITK_DIRECTION, origin=ITK_ORIGIN,
+                       spacing=ITK_SPACING, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42",
+                       skip: tuple[int, ...] = ()) -> sitk.Image:
+    """One file per slice (no .dcm extension), like SimpleITK's DicomSeriesFromArray example."""
+    folder.mkdir(parents=True, exist_ok=True)
+    volume_image = itk_image(data.astype(np.int16), direction=direction, origin=origin, spacing=spacing)
+    d = volume_image.GetDirection()
+    tags = {
+        "0008|0060": "MR",
+        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.7",
+        "0020|000e": series_uid,
+        "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+        "0018|0050": f"{spacing[2]:.6f}",
+        "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",  # row spacing (y), column spacing (x)
+    }
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")  # no file extension to pick it by
+    writer.KeepOriginalImageUIDOn()
+    for k in range(data.shape[2]):
+        if k in skip:
+            continue
+        slice_image = volume_image[:, :, k]
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        position = volume_image.TransformIndexToPhysicalPoint((0, 0, k))
+        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+        slice_image.SetMetaData("0020|0013", str(k + 1))
+        slice_image.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+        writer.SetFileName(str(folder / f"IM{series_uid.rsplit('.', 1)[-1]}_{k:04d}"))
+        writer.Execute(slice_image)
+    return volume_image
+
+
+def test_dicom_series_to_nifti(tmp_path: Path) -> None:
+    data = volume()
+    truth = write_dicom_series(tmp_path / "ser1", data)
+    assert is_dicom_series(tmp_path / "ser1") and not is_dicom_series(tmp_path)
+    scan = read_scan(tmp_path / "ser1")
+    assert scan.kind == "dicom" and scan.spatial_shape == SHAPE
+    np.testing.assert_array_equal(scan.array, data)
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "ser1")))
+    itk = reader.Execute()
+    for index in INDICES:
+        expected = lps_to_ras(itk.TransformIndexToPhysicalPoint(index))
+        np.testing.assert_allclose(world(scan.affine, index), expected, atol=1e-9)
+        np.testing.assert_allclose(expected, lps_to_ras(truth.TransformIndexToPhysicalPoint(index)), atol=1e-4)
+
+    name = output_name(tmp_path / "ser1", "_seg")
+    assert name == "ser1_seg.nii.gz"
+    labels = (scan.array > 100).astype(np.uint8)
+    got = nib.load(str(write_labels(scan, labels, tmp_path / name)))
+    assert got.shape == SHAPE and (int(got.header["qform_code"]), int(got.header["sform_code"])) == (1, 1)
+    np.testing.assert_array_equal(np.asanyarray(got.dataobj), labels)
+    np.testing.assert_allclose(got.affine, scan.affine, atol=1e-5)
+    np.testing.assert_allclose(got.get_qform(), scan.affine, atol=1e-5)  # a pure rotation: qform holds it exactly
+    for index in INDICES:
+        np.testing.assert_allclose(world(got.affine, index), lps_to_ras(itk.TransformIndexToPhysicalPoint(index)),
+                                   atol=1e-4)
+
+
+def test_dicom_folder_with_two_series_or_missing_slice_is_refused(tmp_path: Path) -> None:
+    write_dicom_series(tmp_path / "two", volume(), series_uid="1.2.3.4.1")
+    write_dicom_series(tmp_path / "two", volume(), series_uid="1.2.3.4.2", origin=(0.0, 0.0, 100.0))
+    with pytest.raises(DataError, match=r"2 DICOM series \(1\.2\.3\.4\.1, 1\.2\.3\.4\.2\)"):
+        read_scan(tmp_path / "two")
+    write_dicom_series(tmp_path / "gap", volume(), skip=(2,))
+    with pytest.raises(DataError, match="off a regular grid"):
+        read_scan(tmp_path / "gap")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no DICOM here")
+    with pytest.raises(DataError, match="no DICOM"):
+        read_scan(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+
+
+def test_truncated_and_unsupported_files_raise_data_error(tmp_path: Path) -> None:
+    src = write_nifti(tmp_path / "full.nii.gz", volume().astype(np.float32), AFFINES["ras"])
+    raw = gzip.decompress(src.read_bytes())
+    (tmp_path / "cut.nii.gz").write_bytes(gzip.compress(raw)[:-40])
+    with pytest.raises(DataError, match=r"cut\.nii\.gz: cannot read .*truncated or corrupt"):
+        read_scan(tmp_path / "cut.nii.gz")
+
+    sitk.WriteImage(itk_image(volume()), str(tmp_path / "full.mha"))
+    (tmp_path / "cut.mha").write_bytes((tmp_path / "full.mha").read_bytes()[:-50])
+    with pytest.raises(DataError, match=r"cut\.mha: cannot read .*truncated or corrupt"):
+        read_scan(tmp_path / "cut.mha")
+
+    sitk.WriteImage(itk_image(volume()), str(tmp_path / "lonely.mhd"))
+    (tmp_path / "lonely.raw").unlink()
+    with pytest.raises(DataError, match=r"lonely\.mhd: its data file lonely\.raw .* is missing"):
+        read_scan(tmp_path / "lonely.mhd")
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"notes\.txt: not a supported scan; expected NIfTI"):
+        read_scan(tmp_path / "notes.txt")
+    with pytest.raises(DataError, match="not found"):
+        read_scan(tmp_path / "missing.nrrd")
+
+
+def test_wrong_label_shape_is_refused(tmp_path: Path) -> None:
+    scan = read_scan(write_nifti(tmp_path / "c.nii.gz", volume(), AFFINES["lps"]))
+    with pytest.raises(DataError, match=r"shape \(5, 6, 7\)"):
+        write_labels(scan, np.zeros((5, 6, 7), np.uint8), tmp_path / "c_seg.nii.gz")
+    assert files_in(tmp_path) == ["c.nii.gz"]
+
+
+# ------------------------------------------------------------------------------------------------ drift detection
+
+
+def test_tampered_nifti_header_is_caught_before_the_rename(tmp_path: Path) -> None:
+    scan = read_scan(write_nifti(tmp_path / "c.nii.gz", volume(), AFFINES["oblique"]))
+    scan.header.header.set_sform(AFFINES["ras"], code=1)  # now disagrees with scan.affine
+    with pytest.raises(DataError, match=r"geometry drift writing .*c_seg\.nii\.gz: affine differs from .*c\.nii\.gz"):
+        write_labels(scan, np.ones(SHAPE, np.uint8), tmp_path / "c_seg.nii.gz")
+    assert files_in(tmp_path) == ["c.nii.gz"]
+
+
+def test_nifti_writer_drift_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scan = read_scan(write_nifti(tmp_path / "c.nii.gz", volume(), AFFINES["lps"]))
+    save = nib.save
+
+    def bad_save(img, filename):
+        img.header.set_qform(AFFINES["ras"], code=1)  # qform drifts, sform (the affine) stays
+        save(img, filename)
+
+    monkeypatch.setattr(nib, "save", bad_save)
+    with pytest.raises(DataError, match="geometry drift .*: qform differs"):
+        write_probabilities(scan, np.full((*SHAPE, 2), 0.5), tmp_path / "c_probs.nii.gz")
+    assert files_in(tmp_path) == ["c.nii.gz"]
+
+
+@pytest.mark.parametrize("fmt", [".mha", ".mhd", ".nrrd"])
+def test_itk_writer_drift_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    sitk.WriteImage(itk_image(volume()), str(tmp_path / "in.mha"))
+    scan = read_scan(tmp_path / "in.mha")
+    write = sitk.WriteImage
+
+    def shifted(image, *args, **kwargs):
+        image.SetOrigin(tuple(v + 0.01 for v in image.GetOrigin()))
+        write(image, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "WriteImage", shifted)
+    expected = rf"geometry drift writing .*out{fmt}: origin differs from .*in\.mha \(written \[12\.51"
+    with pytest.raises(DataError, match=expected):
+        write_labels(scan, np.zeros(SHAPE, np.uint8), tmp_path / f"out{fmt}")
+    assert files_in(tmp_path) == ["in.mha"]
+
+
+def test_tampered_itk_header_is_caught(tmp_path: Path) -> None:
+    sitk.WriteImage(itk_image(volume()), str(tmp_path / "in.nrrd"))
+    scan = read_scan(tmp_path / "in.nrrd")
+    scan.header["spacing"] = (1.0, 1.0, 1.0)  # disagrees with scan.affine
+    with pytest.raises(DataError, match="geometry drift .*: voxel-to-world geometry differs"):
+        write_labels(scan, np.zeros(SHAPE, np.uint8), tmp_path / "out.nrrd")
+    assert files_in(tmp_path) == ["in.nrrd"]
+
+
+# ------------------------------------------------------------------------------------------------ housekeeping
+
+
+def test_remove_stale_temporaries(tmp_path: Path) -> None:
+    (tmp_path / ".case.abc.part.nii.gz").write_bytes(b"half")
+    (tmp_path / ".case.nii.k2j4h5_x.part.nii.gz").write_bytes(b"half")
+    mhd_tmp = tmp_path / ".out.q8w7e6r5.part"
+    mhd_tmp.mkdir()
+    (mhd_tmp / "out.mhd").write_text("x")
+    (mhd_tmp / "out.raw").write_bytes(b"x")
+    keep = ["case.nii.gz", "case_seg.nii.gz", "out.mhd", "out.raw", ".hidden", ".party.nii.gz", "a.part.nii.gz"]
+    for name in keep:
+        (tmp_path / name).write_bytes(b"real")
+    removed = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == [".case.abc.part.nii.gz", ".case.nii.k2j4h5_x.part.nii.gz",
+                                              ".out.q8w7e6r5.part"]
+    assert files_in(tmp_path) == sorted(keep)
+    assert remove_stale_temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", [".nii.gz", ".mha", ".nrrd"])
+def test_same_labels_give_identical_bytes(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "in" / f"case{fmt}"
+    src.parent.mkdir()
+    if fmt == ".nii.gz":
+        write_nifti(src, volume(), AFFINES["anisotropic"])
+    else:
+        sitk.WriteImage(itk_image(volume()), str(src))
+    scan = read_scan(src)
+    labels = (scan.array % 3).astype(np.uint8)
+    first = write_labels(scan, labels, tmp_path / f"a{fmt}").read_bytes()
+    again = write_labels(scan, labels, tmp_path / f"a{fmt}").read_bytes()
+    other = write_labels(read_scan(src), labels, tmp_path / f"b{fmt}").read_bytes()
+    assert first == again == other
+    assert files_in(tmp_path) == sorted(["in", f"a{fmt}", f"b{fmt}"])
