@@ -15,6 +15,7 @@ from pipeline.errors import PipelineError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_CASES_FAILED = 1  # `pipeline infer`: some cases failed, the others were written
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -94,6 +95,50 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.bundle import export_bundle, log_bundle_to_mlflow
+    from pipeline.tracking.tracker import resolve_tracking_uri
+
+    out = export_bundle(Path(args.run_dir), Path(args.out), name=args.name, overwrite=args.overwrite)
+    print(f"model bundle written: {out}")
+    if not args.no_mlflow:
+        import json
+
+        name = args.name or json.loads((out / "bundle.json").read_text())["name"]
+        uris = log_bundle_to_mlflow(out, resolve_tracking_uri(args.tracking_uri), register_as=name)
+        print(f"logged to MLflow: {uris['runs_uri']}" + (f" and {uris['model_uri']}" if "model_uri" in uris else ""))
+    print(f"run it with: pipeline infer {out} --input SCANS... --output DIR")
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import signal
+    import tempfile
+
+    from pipeline.bundle import load_bundle, resolve_model
+    from pipeline.inference.cohort import InferOptions, collect_inputs, infer_cohort
+    from pipeline.tracking.tracker import resolve_tracking_uri
+
+    def terminate(signum: int, frame: object) -> None:  # a kill (SIGTERM) cleans up like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    inputs = collect_inputs(args.input)
+    options = InferOptions(output=Path(args.output), suffix=args.suffix, probabilities=args.save_probabilities,
+                           crf=args.crf, overwrite=args.overwrite, device=args.device, prefetch=args.prefetch)
+    with tempfile.TemporaryDirectory(prefix="pipeline-model.") as cache:
+        bundle = load_bundle(resolve_model(args.model, resolve_tracking_uri(args.tracking_uri), Path(cache)))
+        rows = infer_cohort(bundle, inputs, options, executor=args.executor, ray_address=args.ray_address,
+                            ray_workers=args.ray_workers, progress=not args.quiet)
+    counts = {s: sum(r.status == s for r in rows) for s in ("written", "skipped", "failed")}
+    print(f"{counts['written']} written, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
+          f"report: {options.output / 'report.csv'}")
+    for r in rows:
+        if r.status == "failed":
+            print(f"  failed: {r.input}: {r.error}", file=sys.stderr)
+    return EXIT_CASES_FAILED if counts["failed"] else 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from pipeline.data.importers import import_dataset
 
@@ -142,6 +187,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bbox-margin-mm", type=float, help="only refine the foreground box plus this margin")
     p.add_argument("--num-classes", type=int, help="the model's class count; a different count is an error")
     p.set_defaults(func=_cmd_crf)
+
+    p = sub.add_parser("export", help="write a finished run's model as a self-contained bundle (and log it to MLflow)")
+    p.add_argument("run_dir", help="the run folder `pipeline run` printed")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--name", help="model name (default: the workflow's name); also the MLflow registered model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log or register the bundle in MLflow")
+    p.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("infer", help="segment a cohort of scans with a model bundle")
+    p.add_argument("model", help="bundle folder, models:/NAME/VERSION or runs:/RUN_ID/model")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="scans (.nii, .nii.gz, .mha, .mhd, .nrrd), folders, DICOM series folders, globs or a "
+                        "manifest .json")
+    p.add_argument("--output", required=True, help="output folder (outputs keep each input's name and format)")
+    p.add_argument("--suffix", default="", help="added to each output's name, e.g. _seg")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write NAME_probs.nii.gz: class probabilities, class axis last (x, y, z, class)")
+    p.add_argument("--crf", action="store_true", help="dense CRF postprocessing (the bundle's settings)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases already done with this model and options")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--prefetch", type=int, default=2, help="cases read and preprocessed ahead (threads)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--ray-address", help="Ray cluster address (default: a running cluster, else a local one)")
+    p.add_argument("--ray-workers", type=int, help="model copies (default: one per GPU, else one per CPU)")
+    p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ MODEL values")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("compare", help="table of runs x test metrics (run folders or an MLflow experiment)")
     p.add_argument("runs", nargs="*", help="run folders")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import SimpleITK as sitk
 import numpy as np
 import yaml
 
@@ -123,3 +124,45 @@ def blob_dataset_2d(root: Path, n_train=3, n_val=1, n_test=2) -> Path:
     return write_manifest(root / "dataset.json", {
         "training": ids[:n_train], "validation": ids[n_train:n_train + n_val], "test": ids[n_train + n_val:]},
         spatial_dims=2)
+
+
+def itk_image(array_xyz: np.ndarray, direction, origin, spacing) -> sitk.Image:
+    """An ITK image of an array indexed (x, y, z), with the given geometry (ITK/LPS conventions)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.T))
+    image.SetDirection(np.asarray(direction, dtype=float).ravel().tolist())
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    return image
+
+
+def write_dicom_series(folder: Path, data: np.ndarray, direction, origin,
+                       spacing, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42",
+                       skip: tuple[int, ...] = ()) -> sitk.Image:
+    """One file per slice (no .dcm extension), like SimpleITK's DicomSeriesFromArray example."""
+    folder.mkdir(parents=True, exist_ok=True)
+    volume_image = itk_image(data.astype(np.int16), direction=direction, origin=origin, spacing=spacing)
+    d = volume_image.GetDirection()
+    tags = {
+        "0008|0060": "MR",
+        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.7",
+        "0020|000e": series_uid,
+        "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+        "0018|0050": f"{spacing[2]:.6f}",
+        "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",  # row spacing (y), column spacing (x)
+    }
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")  # no file extension to pick it by
+    writer.KeepOriginalImageUIDOn()
+    for k in range(data.shape[2]):
+        if k in skip:
+            continue
+        slice_image = volume_image[:, :, k]
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        position = volume_image.TransformIndexToPhysicalPoint((0, 0, k))
+        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
+        slice_image.SetMetaData("0020|0013", str(k + 1))
+        slice_image.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+        writer.SetFileName(str(folder / f"IM{series_uid.rsplit('.', 1)[-1]}_{k:04d}"))
+        writer.Execute(slice_image)
+    return volume_image

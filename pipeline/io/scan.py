@@ -71,10 +71,14 @@ def is_dicom_series(folder: str | os.PathLike[str]) -> bool:
     folder = Path(folder)
     if not folder.is_dir():
         return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns "No Series were found" for every other folder
     try:
         return len(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))) > 0
     except RuntimeError:
         return False
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def output_name(path: str | os.PathLike[str], suffix: str = "") -> str:

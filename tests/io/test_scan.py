@@ -23,12 +23,23 @@ from pipeline.io.scan import (
     write_probabilities,
 )
 from tests.utils import AFFINES, make_affine, rotation, write_nifti
+from tests.utils import itk_image as _itk_image
+from tests.utils import write_dicom_series as _write_dicom_series
 
 SHAPE = (7, 6, 5)  # x, y, z: all different so any axis mix-up shows
 ITK_SPACING = (1.1, 0.7, 2.3)
 ITK_ORIGIN = (12.5, -30.25, 41.0)
 ITK_DIRECTION = rotation((1, 2, 3), 23.0)
 INDICES = [(0, 0, 0), (6, 0, 0), (0, 5, 0), (0, 0, 4), (6, 5, 4), (3, 2, 1)]
+
+
+def itk_image(array_xyz: np.ndarray, direction=ITK_DIRECTION, origin=ITK_ORIGIN, spacing=ITK_SPACING) -> sitk.Image:
+    return _itk_image(array_xyz, direction, origin, spacing)
+
+
+def write_dicom_series(folder: Path, data: np.ndarray, direction=ITK_DIRECTION, origin=ITK_ORIGIN,
+                       spacing=ITK_SPACING, **kwargs) -> sitk.Image:
+    return _write_dicom_series(folder, data, direction, origin, spacing, **kwargs)
 
 
 def volume(shape=SHAPE) -> np.ndarray:
@@ -42,14 +53,6 @@ def lps_to_ras(point) -> np.ndarray:
 
 def world(affine: np.ndarray, index) -> np.ndarray:
     return (affine @ np.array([*index, *[0] * (3 - len(index)), 1.0]))[:3]
-
-
-def itk_image(array_xyz: np.ndarray, direction=ITK_DIRECTION, origin=ITK_ORIGIN, spacing=ITK_SPACING) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.T))
-    image.SetDirection(np.asarray(direction, dtype=float).ravel().tolist())
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    return image
 
 
 def files_in(folder: Path) -> list[str]:
@@ -214,39 +217,6 @@ def test_nifti_probabilities_keep_qform_and_sform(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ DICOM
-
-
-def write_dicom_series(folder: Path, data: np.ndarray, direction=ITK_DIRECTION, origin=ITK_ORIGIN,
-                       spacing=ITK_SPACING, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42",
-                       skip: tuple[int, ...] = ()) -> sitk.Image:
-    """One file per slice (no .dcm extension), like SimpleITK's DicomSeriesFromArray example."""
-    folder.mkdir(parents=True, exist_ok=True)
-    volume_image = itk_image(data.astype(np.int16), direction=direction, origin=origin, spacing=spacing)
-    d = volume_image.GetDirection()
-    tags = {
-        "0008|0060": "MR",
-        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.7",
-        "0020|000e": series_uid,
-        "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-        "0018|0050": f"{spacing[2]:.6f}",
-        "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",  # row spacing (y), column spacing (x)
-    }
-    writer = sitk.ImageFileWriter()
-    writer.SetImageIO("GDCMImageIO")  # no file extension to pick it by
-    writer.KeepOriginalImageUIDOn()
-    for k in range(data.shape[2]):
-        if k in skip:
-            continue
-        slice_image = volume_image[:, :, k]
-        for tag, value in tags.items():
-            slice_image.SetMetaData(tag, value)
-        position = volume_image.TransformIndexToPhysicalPoint((0, 0, k))
-        slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in position))
-        slice_image.SetMetaData("0020|0013", str(k + 1))
-        slice_image.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
-        writer.SetFileName(str(folder / f"IM{series_uid.rsplit('.', 1)[-1]}_{k:04d}"))
-        writer.Execute(slice_image)
-    return volume_image
 
 
 def test_dicom_series_to_nifti(tmp_path: Path) -> None:

@@ -1,0 +1,20 @@
+"""Model bundles: a trained model as a self-contained, versioned folder that ``pipeline infer`` runs.
+
+A bundle holds ``bundle.json`` (format version, model architecture, preprocessing / inference / postprocessing
+settings, label and channel names, package versions, where it came from) and ``weights.pt`` (a plain state dict,
+loaded with ``torch.load(weights_only=True)``: loading a bundle never unpickles arbitrary objects).
+"""
+
+from pipeline.bundle.bundle import (
+    BUNDLE_FORMAT_VERSION,
+    Bundle,
+    export_bundle,
+    load_bundle,
+    log_bundle_to_mlflow,
+    resolve_model,
+    write_bundle,
+)
+
+__all__ = ["BUNDLE_FORMAT_VERSION", "Bundle", "export_bundle", "load_bundle", "log_bundle_to_mlflow",
+           "resolve_model",
+           "write_bundle"]

@@ -1,0 +1,298 @@
+"""Export a finished run as a model bundle, log it to MLflow, and load one back (from a folder or MLflow)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import ValidationError
+from torch import nn
+
+from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessConfig, Workflow
+from pipeline.errors import PipelineError
+from pipeline.training.checkpoint import load_checkpoint
+
+log = logging.getLogger("pipeline")
+
+BUNDLE_FORMAT = "medseg-pipeline-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+WEIGHTS = "weights.pt"
+VERSIONED_PACKAGES = ("medseg-pipeline", "torch", "monai", "numpy", "nibabel", "simpleitk", "mlflow")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a bundle depends on (and Python's)."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path} is not valid JSON ({exc})") from None
+
+
+def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwrite: bool = False) -> Path:
+    """Write the bundle of a finished run (its best checkpoint and the settings it was trained and run with).
+
+    Args:
+        run_dir: a run folder of ``pipeline run`` whose train stage has finished.
+        out_dir: the bundle folder to create; written to a temporary folder first and renamed, so an interrupted
+            export leaves nothing behind.
+        name: the model's name (default: the workflow's name).
+        overwrite: replace an existing ``out_dir``.
+
+    Raises:
+        PipelineError: ``run_dir`` is not a finished run, or ``out_dir`` exists and ``overwrite`` is false.
+    """
+    run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir).resolve()
+    ckpt_path = run_dir / "train" / "best.pt"
+    if not (run_dir / "train" / "_stage.json").is_file() or not ckpt_path.is_file():
+        raise PipelineError(f"{run_dir} is not a finished run (no train/best.pt with a finished train stage); "
+                            "give the run folder `pipeline run` printed")
+    if out_dir.exists() and not overwrite:
+        raise PipelineError(f"{out_dir} exists; choose another --out or pass --overwrite")
+    try:
+        wf = Workflow.model_validate(yaml.safe_load((run_dir / "workflow.yaml").read_text()))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise PipelineError(f"{run_dir / 'workflow.yaml'} cannot be read as a workflow ({exc})") from None
+    ckpt = load_checkpoint(ckpt_path)
+    prepare = _read_json(run_dir / "prepare" / "_stage.json")["outputs"]
+    train = _read_json(run_dir / "train" / "_stage.json")["outputs"]
+    postprocess = wf.postprocess.model_dump(mode="json")
+    post_record = run_dir / "postprocess" / "_stage.json"
+    if postprocess.get("crf") and post_record.is_file():  # keep the CRF settings tuning chose
+        used = _read_json(post_record)["outputs"].get("crf")
+        if used:
+            postprocess["crf"] = {**used, "tune": None}
+    return write_bundle(
+        out_dir, name=name or wf.name, model=ckpt["model"], state_dict=ckpt["model_state"], labels=ckpt["labels"],
+        channels=ckpt["channels"], spatial_dims=int(prepare.get("spatial_dims", ckpt["model"].get("spatial_dims", 3))),
+        preprocess=wf.preprocess, infer=wf.infer, postprocess=PostprocessConfig.model_validate(postprocess),
+        source={"run_dir": str(run_dir), "workflow": wf.name, "epoch": ckpt.get("epoch"),
+                "best_val_dice": train.get("best_dice")},
+        extra_files={"workflow.yaml": run_dir / "workflow.yaml"}, overwrite=overwrite,
+    )
+
+
+def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                 labels: dict[Any, str], channels: list[str], spatial_dims: int, preprocess: PreprocessConfig,
+                 infer: InferConfig, postprocess: PostprocessConfig, source: dict[str, Any],
+                 extra_files: dict[str, Path] | None = None, overwrite: bool = False) -> Path:
+    """Write a bundle folder atomically (a temporary folder renamed into place).
+
+    Args:
+        model: ``{"name", "kwargs", "in_channels", "out_channels"}``: a registered model and its arguments.
+        state_dict: the weights (tensors only).
+        source: where the model came from (``workflow`` names the MLflow experiment it is logged to).
+        extra_files: copied into the bundle under their keys (e.g. the run's ``workflow.yaml``).
+    """
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and not overwrite:
+        raise PipelineError(f"{out_dir} exists; choose another --out or pass --overwrite")
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {**model, "spatial_dims": spatial_dims},
+        "labels": {str(k): v for k, v in labels.items()},
+        "channels": list(channels),
+        "spatial_dims": spatial_dims,
+        "preprocess": preprocess.model_dump(mode="json"),
+        "infer": infer.model_dump(mode="json"),
+        "postprocess": postprocess.model_dump(mode="json"),
+        "versions": package_versions(),
+        "source": source,
+        "weights": {"file": WEIGHTS},
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    try:
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp / WEIGHTS)
+        manifest["weights"]["sha256"] = _sha256(tmp / WEIGHTS)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for rel, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / rel)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def log_bundle_to_mlflow(bundle_dir: Path, tracking_uri: str, register_as: str | None) -> dict[str, str]:
+    """Log a bundle folder as the ``model`` artifact of the run that trained it (found by its ``run_dir`` tag;
+    a new run in the workflow's experiment when there is none) and register it as a model version.
+
+    Returns:
+        ``{"run_id", "runs_uri", "model_uri"?}``: MODEL values ``pipeline infer`` accepts.
+    """
+    from mlflow.tracking import MlflowClient
+
+    meta = _read_json(Path(bundle_dir) / MANIFEST)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(meta["source"]["workflow"])
+    run_id = None
+    if experiment is not None:
+        runs = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.run_dir = '{meta['source']['run_dir']}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        run_id = runs[0].info.run_id if runs else None
+    if run_id is None:
+        exp_id = (experiment.experiment_id if experiment is not None
+                  else client.create_experiment(meta["source"]["workflow"]))
+        run_id = client.create_run(exp_id, run_name=f"export-{meta['name']}",
+                                   tags={"run_dir": meta["source"]["run_dir"]}).info.run_id
+        client.set_terminated(run_id)
+    client.log_artifacts(run_id, str(bundle_dir), "model")
+    out = {"run_id": run_id, "runs_uri": f"runs:/{run_id}/model"}
+    if register_as:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(register_as)
+        except MlflowException:  # already registered: add a version
+            pass
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        version = client.create_model_version(register_as, source=f"{artifact_uri}/model", run_id=run_id)
+        out["model_uri"] = f"models:/{register_as}/{version.version}"
+    return out
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the network (on the CPU, in eval mode) and its settings."""
+
+    path: Path
+    meta: dict[str, Any]
+    model: nn.Module
+    preprocess: PreprocessConfig
+    infer: InferConfig
+    postprocess: PostprocessConfig
+    digest: str
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.meta["labels"].items()}
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.meta["channels"])
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.meta["spatial_dims"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["model"]["out_channels"])
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Load a bundle folder: check its format and weights digest, build the network and load the weights.
+
+    Raises:
+        PipelineError: not a bundle, a newer format, a changed weights file, or weights that do not fit the model.
+    """
+    from pipeline.models import build_model
+
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        hint = (" (that is a run folder: export it first with `pipeline export RUN_DIR --out MODEL_DIR`)"
+                if (path / "train" / "best.pt").is_file() else "")
+        raise PipelineError(f"{path} is not a model bundle: no {MANIFEST}{hint}")
+    meta = _read_json(path / MANIFEST)
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise PipelineError(f"{path / MANIFEST} is not a {BUNDLE_FORMAT} manifest")
+    if int(meta.get("format_version", 0)) > BUNDLE_FORMAT_VERSION:
+        raise PipelineError(f"{path} is bundle format {meta['format_version']}, newer than this pipeline reads "
+                            f"({BUNDLE_FORMAT_VERSION}); upgrade medseg-pipeline")
+    weights = path / meta["weights"]["file"]
+    if not weights.is_file():
+        raise PipelineError(f"{path}: weights file {weights.name} is missing")
+    digest = _sha256(weights)
+    if digest != meta["weights"].get("sha256"):
+        raise PipelineError(f"{weights}: sha256 differs from the one in {MANIFEST}; the bundle was changed or "
+                            "damaged, export it again")
+    try:
+        preprocess = PreprocessConfig.model_validate(meta["preprocess"])
+        infer = InferConfig.model_validate(meta["infer"])
+        postprocess = PostprocessConfig.model_validate(meta["postprocess"])
+    except (KeyError, ValidationError) as exc:
+        raise PipelineError(f"{path / MANIFEST}: invalid settings ({exc})") from None
+    m = meta["model"]
+    model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], int(meta["spatial_dims"]))
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:
+        raise PipelineError(f"{weights}: cannot load the weights into {m['name']} ({exc})") from None
+    model.eval()
+    current = package_versions()
+    for pkg in ("torch", "monai"):
+        if meta.get("versions", {}).get(pkg) not in (None, current.get(pkg)):
+            log.warning("bundle %s was made with %s %s; running with %s", path, pkg, meta["versions"][pkg],
+                        current.get(pkg))
+    bundle_digest = hashlib.sha256((path / MANIFEST).read_bytes() + digest.encode()).hexdigest()
+    return Bundle(path, meta, model, preprocess, infer, postprocess, bundle_digest)
+
+
+def resolve_model(model: str, tracking_uri: str, cache: Path) -> Path:
+    """A bundle folder for MODEL: a folder as it is; ``models:/NAME/VERSION`` or ``runs:/ID/model`` downloaded
+    from MLflow into ``cache``.
+
+    Raises:
+        PipelineError: the folder does not exist or MLflow cannot find the model.
+    """
+    if model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        try:
+            dst = Path(tempfile.mkdtemp(prefix="model.", dir=cache))
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(dst),
+                                                        tracking_uri=tracking_uri)
+        except Exception as exc:
+            raise PipelineError(f"cannot fetch {model} from MLflow at {tracking_uri} ({exc}); check the name and "
+                                "version (`pipeline export` prints them) and --tracking-uri") from None
+        return Path(local)
+    path = Path(model)
+    if not path.is_dir():
+        raise PipelineError(f"model {model} not found: give a bundle folder (`pipeline export`), "
+                            "models:/NAME/VERSION or runs:/RUN_ID/model")
+    return path
