@@ -283,6 +283,8 @@ def resolve_model(model: str, tracking_uri: str, cache: Path) -> Path:
     if model.startswith(("models:/", "runs:/")):
         import mlflow
 
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)  # models:/ is resolved by the registry
         try:
             dst = Path(tempfile.mkdtemp(prefix="model.", dir=cache))
             local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(dst),
