@@ -57,7 +57,9 @@ class Predictor:
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(data)), affine=aff,
                            meta={"original_affine": aff.clone(), "space": "RAS", "filename_or_obj": name,
                                  "spatial_shape": np.asarray(data.shape[1:])})
-        return self.pre({"image": image})
+        prepared = self.pre({"image": image})
+        prepared["_affine"], prepared["_shape"] = np.asarray(affine, dtype=np.float64), tuple(data.shape[1:])
+        return prepared
 
     def network(self, prepared: dict[str, Any], probabilities: bool = False) -> NetworkOutput:
         """Run the sliding window over a prepared image."""
@@ -90,25 +92,70 @@ class Predictor:
             labels = self._invert(out.prepared, out.labels[None].float(), nearest=True)[0]
             return np.asarray(labels.round().to(torch.uint8).numpy()), None
         assert out.probs is not None
-        best: torch.Tensor | None = None
-        labels_t: torch.Tensor | None = None
-        kept: np.ndarray | None = None
-        for k in range(out.probs.shape[0]):  # one class at a time: no full float32 array for every class
-            channel = self._invert(out.prepared, out.probs[k : k + 1].float(), nearest=False)[0]
-            if best is None:
-                best, labels_t = channel, torch.zeros(channel.shape, dtype=torch.uint8)
-            else:
-                better = channel > best
-                labels_t[better] = k  # type: ignore[index]
-                best = torch.maximum(best, channel)
-            if probabilities:
-                if kept is None:
-                    kept = np.zeros((out.probs.shape[0], *channel.shape), dtype=np.float16)
-                kept[k] = channel.numpy()
-        assert labels_t is not None
-        return np.asarray(labels_t.numpy()), kept
+        return resample_to_grid(out.probs, out.prepared["image"].affine, out.prepared["_affine"],
+                                out.prepared["_shape"], probabilities)
 
     def __call__(self, array: np.ndarray, affine: np.ndarray,
                  probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """All three steps in sequence."""
         return self.restore(self.network(self.prepare(array, affine), probabilities), probabilities)
+
+
+SLAB_VOXELS = 1 << 21  # output voxels resampled per step: bounds the sampling grid and the float32 block
+
+
+def resample_to_grid(probs: torch.Tensor, source_affine: Any, target_affine: np.ndarray,
+                     target_shape: tuple[int, ...], keep: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Map class probabilities ``(K, *source)`` from the preprocessed grid back to the scan's grid and reduce
+    them to labels, slab by slab along the first axis.
+
+    Each scan voxel centre is carried through the affines (scan voxel → world → preprocessed voxel) and the
+    probabilities of every class are sampled there at once, trilinearly (MONAI's ``Spacing`` convention: voxel
+    centres at integer coordinates; ``tests/inference/test_predictor.py`` checks it against ``Invertd``). Only the
+    block of the source the slab needs is converted to float32; voxels that fall outside the preprocessed volume
+    (a foreground crop) are background.
+
+    Returns:
+        labels ``target_shape`` uint8, and with ``keep`` the probabilities ``(K, *target_shape)`` float16.
+    """
+    from monai.data.utils import to_affine_nd
+
+    nd = len(target_shape)
+    src = np.asarray(to_affine_nd(3, np.asarray(source_affine, dtype=np.float64)), dtype=np.float64)
+    tgt = np.asarray(to_affine_nd(3, np.asarray(target_affine, dtype=np.float64)), dtype=np.float64)
+    m = torch.as_tensor((np.linalg.inv(src) @ tgt)[:nd, [*range(nd), 3]])  # target voxel -> source voxel
+    src_shape = probs.shape[1:]
+    k = probs.shape[0]
+    labels = np.zeros(target_shape, dtype=np.uint8)
+    kept = np.zeros((k, *target_shape), dtype=np.float16) if keep else None
+    rest = tuple(target_shape[1:])
+    step = max(1, SLAB_VOXELS // max(1, int(np.prod(rest))))
+    axes = [torch.arange(n, dtype=torch.float64) for n in rest]
+    for x0 in range(0, target_shape[0], step):
+        x1 = min(target_shape[0], x0 + step)
+        idx = torch.meshgrid(torch.arange(x0, x1, dtype=torch.float64), *axes, indexing="ij")
+        coords = torch.einsum("ij,j...->i...", m[:, :nd], torch.stack(idx)) + m[:, nd].reshape(-1, *[1] * nd)
+        inside = torch.ones(coords.shape[1:], dtype=torch.bool)
+        lo, hi = [], []
+        for d in range(nd):
+            c = coords[d]
+            inside &= (c > -0.5) & (c < src_shape[d] - 0.5)
+            lo.append(int(max(0, min(src_shape[d] - 1, np.floor(float(c.min()))))))
+            hi.append(int(max(lo[-1] + 1, min(src_shape[d], np.ceil(float(c.max())) + 1))))
+        block = probs[(slice(None), *(slice(a, b) for a, b in zip(lo, hi, strict=True)))].float()
+        grid = []
+        for d in reversed(range(nd)):  # grid_sample wants the last axis first
+            size = hi[d] - lo[d]
+            c = coords[d] - lo[d]
+            grid.append(c * (2.0 / (size - 1)) - 1.0 if size > 1 else torch.zeros_like(c))
+        sampled = torch.nn.functional.grid_sample(
+            block[None], torch.stack(grid, -1)[None].float(), mode="bilinear", padding_mode="border",
+            align_corners=True)[0]
+        lab = sampled.argmax(0).to(torch.uint8)
+        lab[~inside] = 0
+        labels[x0:x1] = lab.numpy()
+        if kept is not None:
+            sampled[:, ~inside] = 0
+            sampled[0, ~inside] = 1
+            kept[:, x0:x1] = sampled.numpy()
+    return labels, kept
