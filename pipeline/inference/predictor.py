@@ -23,7 +23,7 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from pipeline.config.schema import InferConfig, PreprocessConfig
-from pipeline.inference.stitch import LabelSink, ProbabilitySink, stitch
+from pipeline.inference.stitch import LabelSink, ProbabilitySink, argmax_labels, channels_last, stitch
 from pipeline.transforms.build import deterministic_transforms
 
 
@@ -41,7 +41,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, preprocess: PreprocessConfig, infer: InferConfig, device: torch.device,
                  spatial_dims: int) -> None:
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval().to(memory_format=channels_last(spatial_dims))
         self.device = device
         self.infer = infer
         self.spatial_dims = spatial_dims
@@ -151,7 +151,7 @@ def resample_to_grid(probs: torch.Tensor, source_affine: Any, target_affine: np.
         sampled = torch.nn.functional.grid_sample(
             block[None], torch.stack(grid, -1)[None].float(), mode="bilinear", padding_mode="border",
             align_corners=True)[0]
-        lab = sampled.argmax(0).to(torch.uint8)
+        lab = argmax_labels(sampled)
         lab[~inside] = 0
         labels[x0:x1] = lab.numpy()
         if kept is not None:
