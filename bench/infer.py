@@ -123,7 +123,7 @@ def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int) -
     from pipeline.inference.cohort import InferOptions, infer_cohort
 
     bundle = load_bundle(bundle_dir)
-    options = InferOptions(output=out, prefetch=prefetch, device="cpu")
+    options = InferOptions(output=out, prefetch=prefetch, device="cpu", overwrite=True)
     t0 = time.perf_counter()
     rows = infer_cohort(bundle, inputs, options, progress=False)
     seconds = time.perf_counter() - t0
@@ -147,6 +147,15 @@ def agreement(ours: Path, naive: Path) -> float:
     return same / total
 
 
+def peak_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ``ru_maxrss``: on Linux that keeps the high-water mark of
+    the parent the child was forked from, across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def run_child(kind: str, bundle: Path, inputs_dir: Path, out: Path, prefetch: int) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, str(bundle), str(inputs_dir), str(out),
            "--prefetch", str(prefetch)]
@@ -154,6 +163,21 @@ def run_child(kind: str, bundle: Path, inputs_dir: Path, out: Path, prefetch: in
     if proc.returncode != 0:
         raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report_cohort(args: argparse.Namespace, results: dict[str, list[dict]], agree: float, threads: int) -> None:
+    def med(kind: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[kind])
+
+    print(f"\nCohort: {args.cases} synthetic prostate volumes {'x'.join(map(str, args.shape))} at "
+          f"{'x'.join(map(str, args.spacing))} mm, CPU, {threads} threads, median of {args.repeats}\n")
+    print("| loop | median s | cases/s | peak MB | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for kind in ("naive", "ours"):
+        s = med(kind, "seconds")
+        print(f"| {kind} | {s:.1f} | {args.cases / s:.3f} | {med(kind, 'peak_mb'):.0f} | "
+              f"{med('naive', 'seconds') / s:.2f}x |")
+    print(f"\nlabel agreement ours vs naive: {agree * 100:.3f}% of voxels", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--large-shape", type=int, nargs=3, default=[512, 512, 300],
                     help="the large volume for the memory comparison (0.3x0.3x0.9 mm); 0 0 0 skips it")
+    ap.add_argument("--large-only", action="store_true", help="only the large-volume memory comparison")
     ap.add_argument("--workdir", help="keep inputs and outputs here (default: a temporary folder)")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "BUNDLE", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -177,47 +202,32 @@ def main(argv: list[str] | None = None) -> int:
             seconds = child_naive(Path(bundle), inputs, Path(out))
         else:
             seconds = child_ours(Path(bundle), inputs, Path(out), args.prefetch)
-        print(json.dumps({"kind": kind, "seconds": seconds, "cases": len(inputs),
-                          "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+        print(json.dumps({"kind": kind, "seconds": seconds, "cases": len(inputs), "peak_mb": peak_mb()}))
         return 0
+
+    import torch
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-infer."))
     bundle = Path(args.model) if args.model else random_bundle(work / "model")
-    inputs_dir = work / f"cohort_{'x'.join(map(str, args.shape))}_{'x'.join(map(str, args.spacing))}"
-    make_cohort(inputs_dir, args.cases, tuple(args.shape), tuple(args.spacing))
-    import torch
-
-    print(f"model {bundle}; {args.cases} volumes {tuple(args.shape)}; torch threads {torch.get_num_threads()}",
-          file=sys.stderr)
-    results: dict[str, list[dict]] = {"naive": [], "ours": []}
-    for r in range(args.repeats):
-        order = ("naive", "ours") if r % 2 == 0 else ("ours", "naive")
-        for kind in order:
-            out = work / f"out_{kind}_{r}"
-            res = run_child(kind, bundle, inputs_dir, out, args.prefetch)
-            results[kind].append(res)
-            print(f"repeat {r + 1}: {kind} {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB", file=sys.stderr,
-                  flush=True)
-    agree = agreement(work / "out_ours_0", work / "out_naive_0")
-
-    def med(kind: str, key: str) -> float:
-        return statistics.median(x[key] for x in results[kind])
-
-    print(f"\nCohort: {args.cases} synthetic prostate volumes {'x'.join(map(str, args.shape))} at "
-          f"{'x'.join(map(str, args.spacing))} mm, "
-          f"CPU, {torch.get_num_threads()} threads, median of {args.repeats}\n")
-    print("| loop | median s | cases/s | peak MB | speed-up |")
-    print("|---|---:|---:|---:|---:|")
-    for kind in ("naive", "ours"):
-        s = med(kind, "seconds")
-        print(f"| {kind} | {s:.1f} | {args.cases / s:.3f} | {med(kind, 'peak_mb'):.0f} | "
-              f"{med('naive', 'seconds') / s:.2f}x |")
-    print(f"\nlabel agreement ours vs naive: {agree * 100:.3f}% of voxels")
-
+    if not args.large_only:
+        inputs_dir = work / f"cohort_{'x'.join(map(str, args.shape))}_{'x'.join(map(str, args.spacing))}"
+        make_cohort(inputs_dir, args.cases, tuple(args.shape), tuple(args.spacing))
+        print(f"model {bundle}; {args.cases} volumes {tuple(args.shape)}; torch threads {torch.get_num_threads()}",
+              file=sys.stderr)
+        results: dict[str, list[dict]] = {"naive": [], "ours": []}
+        for r in range(args.repeats):
+            order = ("naive", "ours") if r % 2 == 0 else ("ours", "naive")
+            for kind in order:
+                res = run_child(kind, bundle, inputs_dir, work / f"out_{kind}_{r}", args.prefetch)
+                results[kind].append(res)
+                print(f"repeat {r + 1}: {kind} {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB",
+                      file=sys.stderr, flush=True)
+        report_cohort(args, results, agreement(work / "out_ours_0", work / "out_naive_0"), torch.get_num_threads())
     if all(args.large_shape):
-        large_dir = work / "large"
+        large_dir = work / f"large_{'x'.join(map(str, args.large_shape))}"
         make_cohort(large_dir, 1, tuple(args.large_shape), LARGE_SPACING)
-        print(f"\nOne volume {'x'.join(map(str, args.large_shape))} (3 classes, labels only), peak memory\n")
+        print(f"\nOne volume {'x'.join(map(str, args.large_shape))} at {'x'.join(map(str, LARGE_SPACING))} mm "
+              "(3 classes, labels only)\n")
         print("| loop | seconds | peak MB |")
         print("|---|---:|---:|")
         for kind in ("naive", "ours"):

@@ -257,7 +257,12 @@ def load_bundle(path: Path) -> Bundle:
     except (KeyError, ValidationError) as exc:
         raise PipelineError(f"{path / MANIFEST}: invalid settings ({exc})") from None
     m = meta["model"]
-    model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], int(meta["spatial_dims"]))
+    try:
+        model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], int(meta["spatial_dims"]))
+    except Exception as exc:  # unknown model name or arguments: a bundle from another version of the pipeline
+        raise PipelineError(f"{path / MANIFEST}: cannot build model '{m.get('name')}' ({exc}); the bundle may come "
+                            f"from another medseg-pipeline version ({meta.get('versions', {}).get('medseg-pipeline')})"
+                            ) from None
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

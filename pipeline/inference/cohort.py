@@ -311,7 +311,8 @@ def failed(job: Job, exc: BaseException) -> Row:
 # -- executors ---------------------------------------------------------------------------------------------------
 
 
-def _one_thread() -> None:
+def _background_thread() -> None:
+    """Reading and writing threads run their torch ops on one thread (the setting is per thread)."""
     torch.set_num_threads(1)
 
 
@@ -319,8 +320,9 @@ def run_local(runner: CaseRunner, jobs: Sequence[Job], on_row: Callable[[Row], N
     """Read ahead ``prefetch`` cases in threads while the network runs; write in a background thread."""
     # Background threads run their torch ops on one thread each: OpenMP teams of every thread on the same cores
     # spin against each other and slow the network down (the setting is per thread; the network keeps all cores).
-    readers = ThreadPoolExecutor(max_workers=max(1, prefetch), thread_name_prefix="read", initializer=_one_thread)
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write", initializer=_one_thread)
+    readers = ThreadPoolExecutor(max_workers=max(1, prefetch), thread_name_prefix="read",
+                                 initializer=_background_thread)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write", initializer=_background_thread)
     pending: deque[tuple[Job, Future[Loaded | Row]]] = deque()
     writes: deque[tuple[Job, Future[Row]]] = deque()
     todo = iter(jobs)

@@ -168,19 +168,3 @@ def channels_last(spatial_dims: int) -> torch.memory_format:
     (about 13 % for the prostate V-Net on 2 CPU cores); :class:`~pipeline.inference.predictor.Predictor` puts the
     model's weights in it too."""
     return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
-
-
-def predict_labels(model: nn.Module, image: torch.Tensor, device: torch.device, **kwargs: object) -> torch.Tensor:
-    """Labels ``(*spatial)`` uint8 of a preprocessed image; see :func:`stitch` for the arguments."""
-    sink = LabelSink(image.shape[1:])
-    stitch(model, image, device=device, sink=sink, **kwargs)  # type: ignore[arg-type]
-    return sink.result
-
-
-def predict_probabilities_f16(model: nn.Module, image: torch.Tensor, device: torch.device,
-                              **kwargs: object) -> torch.Tensor:
-    """Class probabilities ``(K, *spatial)`` in float16 of a preprocessed image; see :func:`stitch`."""
-    sink = ProbabilitySink(image.shape[1:])
-    stitch(model, image, device=device, sink=sink, **kwargs)  # type: ignore[arg-type]
-    assert sink.result is not None
-    return sink.result

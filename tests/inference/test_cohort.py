@@ -218,3 +218,18 @@ def test_bad_arguments_are_one_clear_error(tmp_path, capsys):
     (bundle / "weights.pt").write_bytes(b"changed")
     assert infer(str(bundle), "--input", str(src), "--output", str(tmp_path / "o")) == 2
     assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_crf_and_probabilities_keep_geometry(tmp_path):
+    bundle = threshold_bundle(tmp_path / "model")
+    data = blob((24, 20, 10))
+    src = write_itk(tmp_path / "scan.mha", data, (0.8, 0.9, 2.5), OBLIQUE, (10.0, -4.0, 7.0))
+    out = tmp_path / "out"
+    assert infer(str(bundle), "--input", str(src), "--output", str(out), "--crf", "--save-probabilities",
+                 "--suffix", "_crf") == 0
+    labels = sitk.ReadImage(str(out / "scan_crf.mha"))
+    assert labels.GetDirection() == pytest.approx(sitk.ReadImage(str(src)).GetDirection())
+    # The network is sure everywhere, so the CRF keeps its answer.
+    assert np.array_equal(sitk.GetArrayFromImage(labels).T > 0, data > 51)
+    probs = nib.load(str(out / "scan_crf_probs.nii.gz"))
+    assert probs.shape == (*data.shape, 2)
