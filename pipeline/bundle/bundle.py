@@ -288,6 +288,7 @@ def resolve_model(model: str, tracking_uri: str, cache: Path) -> Path:
     if model.startswith(("models:/", "runs:/")):
         import mlflow
 
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per tiny file is noise
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)  # models:/ is resolved by the registry
         try:

@@ -164,6 +164,9 @@ def plan_jobs(inputs: Sequence[Path], options: InferOptions) -> list[Job]:
             raise PipelineError(f"{path} and {by_output[target]} would both be written to {target}; run them into "
                                 "different --output folders or give a --suffix")
         by_output[target] = path
+        if target.resolve() == path.resolve():
+            raise PipelineError(f"{path} would be overwritten by its own segmentation; choose another --output "
+                                "folder or give a --suffix")
         probs = None
         if options.probabilities:
             stem = name[: -len(scan_suffix(Path(name)) or "")]

@@ -215,6 +215,8 @@ def test_bad_arguments_are_one_clear_error(tmp_path, capsys):
     src = write_nifti(tmp_path / "x.nii.gz", blob(), np.eye(4))
     assert infer(str(tmp_path), "--input", str(src), "--output", str(tmp_path / "o")) == 2
     assert "not a model bundle" in capsys.readouterr().err
+    assert infer(str(bundle), "--input", str(src), "--output", str(tmp_path)) == 2
+    assert "overwritten by its own segmentation" in capsys.readouterr().err and src.is_file()
     (bundle / "weights.pt").write_bytes(b"changed")
     assert infer(str(bundle), "--input", str(src), "--output", str(tmp_path / "o")) == 2
     assert "sha256 differs" in capsys.readouterr().err
