@@ -104,8 +104,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         import json
 
-        name = args.name or json.loads((out / "bundle.json").read_text())["name"]
-        uris = log_bundle_to_mlflow(out, resolve_tracking_uri(args.tracking_uri), register_as=name)
+        meta = json.loads((out / "bundle.json").read_text())
+        uri = resolve_tracking_uri(args.tracking_uri or meta["source"].get("tracking_uri"))  # where training logged
+        uris = log_bundle_to_mlflow(out, uri, register_as=args.name or meta["name"])
         print(f"logged to MLflow: {uris['runs_uri']}" + (f" and {uris['model_uri']}" if "model_uri" in uris else ""))
     print(f"run it with: pipeline infer {out} --input SCANS... --output DIR")
     return 0
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int, default=2, help="cases read and preprocessed ahead (threads)")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--ray-address", help="Ray cluster address (default: a running cluster, else a local one)")
-    p.add_argument("--ray-workers", type=int, help="model copies (default: one per GPU, else one per CPU)")
+    p.add_argument("--ray-workers", type=int, help="model copies (default: one per GPU, else one per 4 CPUs)")
     p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ MODEL values")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_infer)

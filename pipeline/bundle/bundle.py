@@ -75,6 +75,8 @@ def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwri
         PipelineError: ``run_dir`` is not a finished run, or ``out_dir`` exists and ``overwrite`` is false.
     """
     run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir).resolve()
+    if out_dir == run_dir or run_dir.is_relative_to(out_dir):
+        raise PipelineError(f"--out {out_dir} would replace the run folder {run_dir}; choose a folder outside it")
     ckpt_path = run_dir / "train" / "best.pt"
     if not (run_dir / "train" / "_stage.json").is_file() or not ckpt_path.is_file():
         raise PipelineError(f"{run_dir} is not a finished run (no train/best.pt with a finished train stage); "
@@ -99,7 +101,8 @@ def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwri
         channels=ckpt["channels"], spatial_dims=int(prepare.get("spatial_dims", ckpt["model"].get("spatial_dims", 3))),
         preprocess=wf.preprocess, infer=wf.infer, postprocess=PostprocessConfig.model_validate(postprocess),
         source={"run_dir": str(run_dir), "workflow": wf.name, "epoch": ckpt.get("epoch"),
-                "best_val_dice": train.get("best_dice")},
+                "best_val_dice": train.get("best_dice"), "experiment": wf.tracking.experiment or wf.name,
+                "tracking_uri": wf.tracking.tracking_uri},
         extra_files={"workflow.yaml": run_dir / "workflow.yaml"}, overwrite=overwrite,
     )
 
@@ -143,9 +146,13 @@ def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict:
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for rel, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / rel)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        old = None
+        if out_dir.exists():  # move the old bundle aside first: there is always a complete bundle at out_dir
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            os.replace(out_dir, old / "bundle")
         os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -153,17 +160,30 @@ def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict:
 
 
 def log_bundle_to_mlflow(bundle_dir: Path, tracking_uri: str, register_as: str | None) -> dict[str, str]:
-    """Log a bundle folder as the ``model`` artifact of the run that trained it (found by its ``run_dir`` tag;
-    a new run in the workflow's experiment when there is none) and register it as a model version.
+    """Log a bundle folder as the ``model`` artifact of the run that trained it (found by its ``run_dir`` tag in the
+    run's experiment; a new run there when there is none) and register it as a model version. A later export of
+    the same run goes to ``model-<time>``.
 
     Returns:
         ``{"run_id", "runs_uri", "model_uri"?}``: MODEL values ``pipeline infer`` accepts.
     """
+    try:
+        return _log_bundle(Path(bundle_dir), tracking_uri, register_as)
+    except PipelineError:
+        raise
+    except Exception as exc:
+        raise PipelineError(f"the bundle is written at {bundle_dir}, but logging it to MLflow at {tracking_uri} "
+                            f"failed ({exc}); fix the store or export with --no-mlflow") from None
+
+
+def _log_bundle(bundle_dir: Path, tracking_uri: str, register_as: str | None) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    meta = _read_json(Path(bundle_dir) / MANIFEST)
+    meta = _read_json(bundle_dir / MANIFEST)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(meta["source"]["workflow"])
+    experiment_name = meta["source"].get("experiment") or meta["source"]["workflow"]
+    experiment = client.get_experiment_by_name(experiment_name)
     run_id = None
     if experiment is not None:
         runs = client.search_runs([experiment.experiment_id],
@@ -171,22 +191,23 @@ def log_bundle_to_mlflow(bundle_dir: Path, tracking_uri: str, register_as: str |
                                   order_by=["attributes.start_time DESC"], max_results=1)
         run_id = runs[0].info.run_id if runs else None
     if run_id is None:
-        exp_id = (experiment.experiment_id if experiment is not None
-                  else client.create_experiment(meta["source"]["workflow"]))
+        exp_id = experiment.experiment_id if experiment is not None else client.create_experiment(experiment_name)
         run_id = client.create_run(exp_id, run_name=f"export-{meta['name']}",
                                    tags={"run_dir": meta["source"]["run_dir"]}).info.run_id
         client.set_terminated(run_id)
-    client.log_artifacts(run_id, str(bundle_dir), "model")
-    out = {"run_id": run_id, "runs_uri": f"runs:/{run_id}/model"}
+    # Each export gets its own artifact folder, so a registered version keeps pointing at the files it was made from.
+    taken = {f.path for f in client.list_artifacts(run_id)}
+    artifact = "model" if "model" not in taken else f"model-{time.strftime('%Y%m%d-%H%M%S')}"
+    client.log_artifacts(run_id, str(bundle_dir), artifact)
+    out = {"run_id": run_id, "runs_uri": f"runs:/{run_id}/{artifact}"}
     if register_as:
-        from mlflow.exceptions import MlflowException
-
         try:
             client.create_registered_model(register_as)
-        except MlflowException:  # already registered: add a version
-            pass
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
         artifact_uri = client.get_run(run_id).info.artifact_uri
-        version = client.create_model_version(register_as, source=f"{artifact_uri}/model", run_id=run_id)
+        version = client.create_model_version(register_as, source=f"{artifact_uri}/{artifact}", run_id=run_id)
         out["model_uri"] = f"models:/{register_as}/{version.version}"
     return out
 

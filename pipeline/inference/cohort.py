@@ -12,6 +12,7 @@ has them); the report is the same.
 from __future__ import annotations
 
 import csv
+import fcntl
 import glob
 import hashlib
 import io
@@ -30,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.bundle import Bundle
+from pipeline.bundle.bundle import package_versions as bundle_versions
 from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError, PipelineError
 from pipeline.inference.predict import select_device
@@ -171,6 +173,10 @@ def plan_jobs(inputs: Sequence[Path], options: InferOptions) -> list[Job]:
         if options.probabilities:
             stem = name[: -len(scan_suffix(Path(name)) or "")]
             probs = options.output / f"{stem}_probs.nii.gz"
+            if probs in by_output:
+                raise PipelineError(f"{path} and {by_output[probs]} would both write probabilities to {probs}; run "
+                                    "them into different --output folders")
+            by_output[probs] = path
         case = path.name[: -len(scan_suffix(path) or "")] if path.is_file() else path.name
         jobs.append(Job(i, case, path, target, probs))
     return jobs
@@ -179,11 +185,24 @@ def plan_jobs(inputs: Sequence[Path], options: InferOptions) -> list[Job]:
 # -- one case ----------------------------------------------------------------------------------------------------
 
 
+def _mhd_data_files(header: Path) -> list[Path]:
+    """The data file(s) a MetaImage header names in ``ElementDataFile`` (``LOCAL`` means inside the header)."""
+    try:
+        for line in header.read_text(errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "ElementDataFile":
+                value = value.strip()
+                return [] if value == "LOCAL" else [p for p in [header.parent / value] if p.is_file()]
+    except OSError:
+        pass
+    return []
+
+
 def input_digest(path: Path) -> str:
     """sha256 of a scan's bytes: every file of a DICOM folder, an ``.mhd`` with its data file."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     if path.is_file() and path.suffix.lower() == ".mhd":
-        files += [p for p in (path.with_suffix(".raw"), path.with_suffix(".zraw")) if p.is_file()]
+        files += _mhd_data_files(path)
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
@@ -213,7 +232,10 @@ class CaseRunner:
         klc = bundle.postprocess.keep_largest_component
         self.klc = list(range(1, bundle.num_classes)) if klc is True else list(klc or [])
         self.crf = (bundle.postprocess.crf or CRFConfig()) if options.crf else None
-        self.model_key = {"bundle": bundle.digest, **options.key_part()}
+        # What changes an output's bytes: the model, the options, the code (its version) and the device (float16
+        # autocast on CUDA).
+        self.model_key = {"bundle": bundle.digest, **options.key_part(), "device": self.device.type,
+                          "pipeline": bundle_versions().get("medseg-pipeline")}
 
     def _state(self, job: Job) -> Path:
         return self.options.output / STATE_DIR / f"{job.output.name}.json"
@@ -323,6 +345,7 @@ def run_local(runner: CaseRunner, jobs: Sequence[Job], on_row: Callable[[Row], N
     """Read ahead ``prefetch`` cases in threads while the network runs; write in a background thread."""
     # Background threads run their torch ops on one thread each: OpenMP teams of every thread on the same cores
     # spin against each other and slow the network down (the setting is per thread; the network keeps all cores).
+    torch.set_num_threads(torch.get_num_threads())  # pin the network's thread count before workers set theirs
     readers = ThreadPoolExecutor(max_workers=max(1, prefetch), thread_name_prefix="read",
                                  initializer=_background_thread)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write", initializer=_background_thread)
@@ -365,6 +388,9 @@ def run_local(runner: CaseRunner, jobs: Sequence[Job], on_row: Callable[[Row], N
         # On Ctrl-C: drop queued work; a write in progress finishes (atomically) before we return.
         readers.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
+        for job, fut in writes:  # interrupted: report the writes that finished anyway
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                on_row(fut.result())
 
 
 class _RayWorker:
@@ -388,10 +414,15 @@ class _RayWorker:
 
 def run_ray(bundle: Bundle, options: InferOptions, jobs: Sequence[Job], on_row: Callable[[Row], None],
             address: str | None = None, workers: int | None = None) -> None:
-    """Distribute cases over a Ray cluster (``address``; default: the running one, else a local instance)."""
+    """Distribute cases over a Ray cluster (``address``; default: the running one, else a local instance).
+
+    One actor per GPU when the cluster has GPUs; otherwise one per 4 CPUs (``workers`` overrides, capped at what
+    the cluster has). A case whose actor dies is reported failed and the actor replaced; if actors cannot start,
+    the remaining cases fail with the reason.
+    """
     try:
         import ray
-        from ray.util import ActorPool
+        from ray.exceptions import RayError
     except ImportError:
         raise PipelineError("--executor ray needs Ray: pip install -c constraints.txt -e \".[ray]\"") from None
     if not ray.is_initialized():
@@ -401,23 +432,44 @@ def run_ray(bundle: Bundle, options: InferOptions, jobs: Sequence[Job], on_row: 
             raise PipelineError(f"cannot connect to Ray at {address or 'a new local instance'} ({exc})") from None
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    count = workers or (gpus if gpus else cpus)
+    available = gpus if gpus else cpus
+    count = max(1, min(workers or (gpus if gpus else max(1, cpus // 4)), available, len(jobs)))
     threads = max(1, cpus // count)
-    files = {p.name: p.read_bytes() for p in bundle.path.iterdir() if p.is_file()}
-    actor = ray.remote(num_cpus=threads if not gpus else 1, num_gpus=1 if gpus else 0)(_RayWorker)
-    payload = {**asdict(options), "output": str(options.output)}
-    if gpus:
-        payload["device"] = "cuda"
-    files_ref = ray.put(files)
-    actors = [actor.remote(files_ref, payload, threads) for _ in range(max(1, min(count, len(jobs))))]
-    log.info("Ray: %d worker(s), %d CPU thread(s) each%s", len(actors), threads, ", 1 GPU each" if gpus else "")
-    pool = ActorPool(actors)
+    actor_cls = ray.remote(num_cpus=1 if gpus else threads, num_gpus=1 if gpus else 0)(_RayWorker)
+    payload = {**asdict(options), "output": str(options.output), **({"device": "cuda"} if gpus else {})}
+    files_ref = ray.put({p.name: p.read_bytes() for p in bundle.path.iterdir() if p.is_file()})
+
+    def start() -> Any:
+        return actor_cls.remote(files_ref, payload, threads)
+
+    log.info("Ray: %d worker(s), %d CPU thread(s) each%s", count, threads, ", 1 GPU each" if gpus else "")
+    idle = [start() for _ in range(count)]
+    todo = deque(jobs)
+    pending: dict[Any, tuple[Job, Any]] = {}
+    replaced = 0
     try:
-        for row in pool.map_unordered(lambda a, job: a.run.remote(job), list(jobs)):
-            on_row(row)
+        while todo or pending:
+            while todo and idle:
+                actor, job = idle.pop(), todo.popleft()
+                pending[actor.run.remote(job)] = (job, actor)
+            if not pending:  # no actor could be started
+                for job in todo:
+                    on_row(failed(job, PipelineError("no Ray worker could load the model")))
+                break
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            job, actor = pending.pop(ref)
+            try:
+                on_row(ray.get(ref))
+                idle.append(actor)
+            except RayError as exc:  # the actor died (out of memory, crash) or could not load the model
+                on_row(failed(job, exc))
+                ray.kill(actor)
+                if replaced < len(jobs):
+                    replaced += 1
+                    idle.append(start())
     finally:
-        for a in actors:
-            ray.kill(a)
+        for actor in idle + [a for _, a in pending.values()]:
+            ray.kill(actor)
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -444,9 +496,39 @@ def infer_cohort(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, 
     Raises:
         PipelineError: nothing to do, or two inputs with one output name. Failures of single cases are rows.
     """
-    if not inputs:
-        raise PipelineError("no input scans given")
     options.output.mkdir(parents=True, exist_ok=True)
+    (options.output / STATE_DIR).mkdir(exist_ok=True)
+    lock = open(options.output / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole batch
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise PipelineError(f"another `pipeline infer` is writing to {options.output}; wait for it or use another "
+                            "--output") from None
+    try:
+        return _infer_locked(bundle, inputs, options, executor, ray_address, ray_workers, progress)
+    finally:
+        lock.close()
+
+
+def _earlier_outputs(folder: Path) -> set[Path]:
+    """Outputs recorded by earlier runs into ``folder`` (so a folder that is both input and output is not
+    segmented twice)."""
+    found = set()
+    for record in (folder / STATE_DIR).glob("*.json"):
+        try:
+            found.add(Path(json.loads(record.read_text())["output"]).resolve())
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
+
+
+def _infer_locked(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, executor: str,
+                  ray_address: str | None, ray_workers: int | None, progress: bool) -> list[Row]:
+    earlier = _earlier_outputs(options.output)
+    inputs = [p for p in inputs if p.resolve() not in earlier]
+    if not inputs:
+        raise PipelineError("no input scans given (earlier outputs in the output folder are not inputs)")
     stale_found = remove_stale_temporaries(options.output)
     if (options.output / STATE_DIR).is_dir():
         stale_found += remove_stale_temporaries(options.output / STATE_DIR)
@@ -474,5 +556,5 @@ def infer_cohort(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, 
             run_local(runner, jobs, on_row, options.prefetch)
     finally:
         bar.close()
-    write_report(options.output, rows, meta)
+        write_report(options.output, rows, meta)
     return sorted(rows, key=lambda r: r.index)

@@ -29,11 +29,15 @@ def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
     """Class probabilities ``(*spatial, K)`` (any float type) as uint16 in units of 1/65535. Each voxel is
     renormalised to sum to 1 first (float16 inputs round each class a little); a voxel with no probability at all
     (outside a foreground crop) becomes background."""
-    p = np.clip(np.asarray(probs, dtype=np.float32), 0, 1)
+    p = np.array(probs, dtype=np.float32)  # the one float32 copy; everything below works in place
+    np.clip(p, 0, 1, out=p)
     total = p.sum(-1, keepdims=True)
     p[..., :1][total == 0] = 1.0
-    p /= np.maximum(total, 1e-8, where=total > 0, out=np.ones_like(total))
-    return np.round(p * PROBABILITY_SCALE).astype(np.uint16)
+    total[total == 0] = 1.0
+    p /= total
+    p *= PROBABILITY_SCALE
+    np.rint(p, out=p)
+    return p.astype(np.uint16)
 
 
 def write_probabilities(reference: str | Path, probs: np.ndarray, target: str | Path) -> None:

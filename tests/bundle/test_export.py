@@ -20,7 +20,8 @@ from pipeline.cli import main
 def exported(tiny_run, tmp_path_factory) -> tuple[Path, dict[str, str], str]:
     run_dir, _, uri = tiny_run
     out = tmp_path_factory.mktemp("export") / "model"
-    assert main(["export", str(run_dir), "--out", str(out), "--tracking-uri", uri]) == 0
+    # No --tracking-uri: the bundle goes to the store the workflow logged training to.
+    assert main(["export", str(run_dir), "--out", str(out)]) == 0
     return out, json.loads((out / "bundle.json").read_text()), uri
 
 
@@ -64,6 +65,8 @@ def test_export_refuses_what_is_not_a_finished_run(tiny_run, tmp_path, capsys):
     run_dir, _, _ = tiny_run
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "m"), "--no-mlflow"]) == 2
     assert "not a finished run" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--out", str(run_dir), "--overwrite", "--no-mlflow"]) == 2
+    assert "would replace the run folder" in capsys.readouterr().err and (run_dir / "train" / "best.pt").is_file()
     (tmp_path / "taken").mkdir()
     assert main(["export", str(run_dir), "--out", str(tmp_path / "taken"), "--no-mlflow"]) == 2
     assert "--overwrite" in capsys.readouterr().err

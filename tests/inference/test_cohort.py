@@ -235,3 +235,20 @@ def test_crf_and_probabilities_keep_geometry(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(labels).T > 0, data > 51)
     probs = nib.load(str(out / "scan_crf_probs.nii.gz"))
     assert probs.shape == (*data.shape, 2)
+
+
+def test_colliding_outputs_and_a_busy_output_folder_are_refused(tmp_path, capsys):
+    import fcntl
+
+    bundle = threshold_bundle(tmp_path / "model")
+    a = write_nifti(tmp_path / "in" / "case.nii.gz", blob(), np.eye(4))
+    b = write_nifti(tmp_path / "in" / "case.nii", blob(), np.eye(4))
+    out = tmp_path / "out"
+    assert infer(str(bundle), "--input", str(a), str(b), "--output", str(out), "--save-probabilities") == 2
+    assert "would both write probabilities" in capsys.readouterr().err
+    (out / ".pipeline-infer").mkdir(parents=True, exist_ok=True)
+    with open(out / ".pipeline-infer" / "lock", "w") as held:  # another run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert infer(str(bundle), "--input", str(a), "--output", str(out)) == 2
+    assert "another `pipeline infer` is writing" in capsys.readouterr().err
+    assert infer(str(bundle), "--input", str(a), "--output", str(out)) == 0  # free again

@@ -92,7 +92,7 @@ def test_ray_executor_matches_local(cohort, tmp_path):
     try:
         distributed = tmp_path / "ray"
         assert main(["infer", str(model), "--input", str(scans), "--output", str(distributed), "--quiet",
-                     "--executor", "ray"]) == 0
+                     "--executor", "ray", "--ray-workers", "2"]) == 0
         assert outputs(distributed) == outputs(local)
         rows = lambda d: [(c["case"], c["status"], Path(c["output"]).name)  # noqa: E731
                           for c in json.loads((d / "report.json").read_text())["cases"]]
