@@ -35,8 +35,21 @@ SPACING = (0.6, 0.6, 3.6)
 LARGE_SPACING = (0.3, 0.3, 0.9)
 
 
-def make_cohort(folder: Path, n: int, shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[Path]:
+def make_cohort(folder: Path, n: int, shape: tuple[int, ...], spacing: tuple[float, ...]) -> None:
+    """Write the cohort in a separate process: generating a 512×512×300 volume takes ~11 GB, which would otherwise
+    stay in this process's footprint (and in what its children inherit)."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(target=_write_cohort, args=(folder, n, shape, spacing))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"generating the cohort in {folder} failed")
+
+
+def _write_cohort(folder: Path, n: int, shape: tuple[int, ...], spacing: tuple[float, ...]) -> list[Path]:
     """Synthetic prostate T2 volumes as .nii.gz (the demo generator at the given grid)."""
+    sys.path.insert(0, str(ROOT))
     import nibabel as nib
 
     from pipeline.data.synthetic_prostate import make_prostate_case
