@@ -4,7 +4,8 @@ The naive loop is what a MONAI tutorial does, one file after another: ``LoadImag
 transforms → ``sliding_window_inference`` (mirrored copies for flip TTA) → ``Invertd`` → ``AsDiscreted(argmax)``
 → the bundle's postprocessing (``KeepLargestConnectedComponentd``) → ``SaveImaged``. Ours is :func:`pipeline.inference.cohort.infer_cohort` (prefetch threads, slab stitching, a
 background writer, geometry checks, report). Both use the same model, preprocessing and window settings, the
-model already loaded, on the same synthetic prostate cohort. Each variant runs in a fresh subprocess (peak memory
+model already loaded, on the same synthetic prostate cohort. A third row times the sliding window alone (cases
+prepared beforehand, nothing written): the floor for this model and these window settings. Each variant runs in a fresh subprocess (peak memory
 is that process's ``ru_maxrss``); repeats alternate the order. A second part runs one large volume
 (default 512×512×300, 3 classes, labels only) through each to compare peak memory.
 
@@ -146,6 +147,24 @@ def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int) -
     return seconds
 
 
+def child_network(bundle_dir: Path, inputs: list[Path]) -> float:
+    """The sliding window alone (cases read and preprocessed beforehand, nothing written): the floor any loop with
+    this model and these window settings can reach on this machine."""
+    import torch
+
+    from pipeline.bundle import load_bundle
+    from pipeline.inference.predictor import Predictor
+    from pipeline.io.scan import read_scan
+
+    bundle = load_bundle(bundle_dir)
+    predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, torch.device("cpu"), bundle.spatial_dims)
+    prepared = [predictor.prepare(scan.array, scan.affine) for scan in map(read_scan, inputs)]
+    t0 = time.perf_counter()
+    for d in prepared:
+        predictor.network(d)
+    return time.perf_counter() - t0
+
+
 def agreement(ours: Path, naive: Path) -> float:
     """Fraction of voxels where both loops give the same label, over the cohort."""
     import nibabel as nib
@@ -186,9 +205,10 @@ def report_cohort(args: argparse.Namespace, results: dict[str, list[dict]], agre
           f"{'x'.join(map(str, args.spacing))} mm, CPU, {threads} threads, median of {args.repeats}\n")
     print("| loop | median s | cases/s | peak MB | speed-up |")
     print("|---|---:|---:|---:|---:|")
-    for kind in ("naive", "ours"):
+    for kind in ("naive", "ours", "network"):
         s = med(kind, "seconds")
-        print(f"| {kind} | {s:.1f} | {args.cases / s:.3f} | {med(kind, 'peak_mb'):.0f} | "
+        label = "network alone (floor)" if kind == "network" else kind
+        print(f"| {label} | {s:.1f} | {args.cases / s:.3f} | {med(kind, 'peak_mb'):.0f} | "
               f"{med('naive', 'seconds') / s:.2f}x |")
     print(f"\nlabel agreement ours vs naive: {agree * 100:.3f}% of voxels", flush=True)
 
@@ -213,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = sorted(Path(inputs_dir).glob("*.nii.gz"))
         if kind == "naive":
             seconds = child_naive(Path(bundle), inputs, Path(out))
+        elif kind == "network":
+            seconds = child_network(Path(bundle), inputs)
         else:
             seconds = child_ours(Path(bundle), inputs, Path(out), args.prefetch)
         print(json.dumps({"kind": kind, "seconds": seconds, "cases": len(inputs), "peak_mb": peak_mb()}))
@@ -227,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         make_cohort(inputs_dir, args.cases, tuple(args.shape), tuple(args.spacing))
         print(f"model {bundle}; {args.cases} volumes {tuple(args.shape)}; torch threads {torch.get_num_threads()}",
               file=sys.stderr)
-        results: dict[str, list[dict]] = {"naive": [], "ours": []}
+        results: dict[str, list[dict]] = {"naive": [], "ours": [], "network": []}
         for r in range(args.repeats):
-            order = ("naive", "ours") if r % 2 == 0 else ("ours", "naive")
+            order = ("naive", "ours", "network") if r % 2 == 0 else ("network", "ours", "naive")
             for kind in order:
                 res = run_child(kind, bundle, inputs_dir, work / f"out_{kind}_{r}", args.prefetch)
                 results[kind].append(res)

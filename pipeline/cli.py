@@ -58,7 +58,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_crf(args: argparse.Namespace) -> int:
     from pipeline.config.schema import CRFConfig
-    from pipeline.io.nifti import write_like
+    from pipeline.io.scan import write_like
     from pipeline.postprocess.apply_crf import load_crf_inputs, run_crf
 
     try:

@@ -37,6 +37,7 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.inference.predict import select_device
 from pipeline.inference.predictor import NetworkOutput, Predictor
 from pipeline.io.atomic import write_json, write_text
+from pipeline.io.nifti import spacing_from_affine
 from pipeline.io.scan import (
     Scan,
     is_dicom_series,
@@ -266,16 +267,17 @@ class CaseRunner:
         """The scan fits the model: dimensions, channels, no NaN."""
         want = self.bundle.spatial_dims
         if scan.spatial_dims != want:
-            raise DataError(f"is a {scan.spatial_dims}D image but the model segments {want}D "
+            raise DataError(f"{scan.path}: is a {scan.spatial_dims}D image but the model segments {want}D "
                             f"{'volumes' if want == 3 else 'images'}")
         channels = scan.array.shape[-1] if scan.array.ndim > scan.spatial_dims else 1
         if channels != len(self.bundle.channels):
-            raise DataError(f"has {channels} channel(s) but the model takes {len(self.bundle.channels)} "
-                            f"({', '.join(self.bundle.channels)})")
+            raise DataError(f"{scan.path}: has {channels} channel(s) but the model takes "
+                            f"{len(self.bundle.channels)} ({', '.join(self.bundle.channels)})")
         if np.issubdtype(scan.array.dtype, np.floating):
             bad = int(np.count_nonzero(~np.isfinite(scan.array)))
             if bad:
-                raise DataError(f"has {bad} NaN or infinite voxel(s); fix or mask the scan before segmenting it")
+                raise DataError(f"{scan.path}: has {bad} NaN or infinite voxel(s); fix or mask the scan before "
+                                "segmenting it")
 
     def network(self, loaded: Loaded) -> NetworkOutput:
         t0 = time.perf_counter()
@@ -310,7 +312,7 @@ class CaseRunner:
 
         assert self.crf is not None
         nd = scan.spatial_dims
-        spacing = [float(v) for v in np.linalg.norm(scan.affine[:3, :3], axis=0)][:nd]
+        spacing = spacing_from_affine(scan.affine, nd)
         p = renormalise(np.clip(probs.astype(np.float32), 0, 1) + 1e-8)
         return run_crf(p, zscore_channels(np.asarray(scan.array), nd), spacing, self.crf)
 
@@ -328,8 +330,6 @@ class CaseRunner:
 def failed(job: Job, exc: BaseException) -> Row:
     """A report row for a case that raised: a user-facing message as it is, anything else with its type."""
     message = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, DataError) and not message.startswith(str(job.input)):
-        message = f"{job.input}: {message}" if message.startswith(("is ", "has ")) else message
     return Row(job.case, str(job.input), "failed", 0.0, "", "", message, index=job.index)
 
 

@@ -57,9 +57,7 @@ class Predictor:
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(data)), affine=aff,
                            meta={"original_affine": aff.clone(), "space": "RAS", "filename_or_obj": name,
                                  "spatial_shape": np.asarray(data.shape[1:])})
-        prepared = self.pre({"image": image})
-        prepared["_affine"], prepared["_shape"] = np.asarray(affine, dtype=np.float64), tuple(data.shape[1:])
-        return prepared
+        return self.pre({"image": image})  # the meta keeps original_affine and spatial_shape for restore()
 
     def network(self, prepared: dict[str, Any], probabilities: bool = False) -> NetworkOutput:
         """Run the sliding window over a prepared image."""
@@ -92,8 +90,9 @@ class Predictor:
             labels = self._invert(out.prepared, out.labels[None].float(), nearest=True)[0]
             return np.asarray(labels.round().to(torch.uint8).numpy()), None
         assert out.probs is not None
-        return resample_to_grid(out.probs, out.prepared["image"].affine, out.prepared["_affine"],
-                                out.prepared["_shape"], probabilities)
+        image = out.prepared["image"]
+        return resample_to_grid(out.probs, image.affine, np.asarray(image.meta["original_affine"]),
+                                tuple(int(n) for n in image.meta["spatial_shape"]), probabilities)
 
     def __call__(self, array: np.ndarray, affine: np.ndarray,
                  probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

@@ -13,7 +13,7 @@ from pipeline.data.stage import load_cases
 from pipeline.engine.stage import STAGES, Stage, StageContext
 from pipeline.inference.predict import select_device
 from pipeline.inference.predictor import Predictor
-from pipeline.io.nifti import write_like, write_probabilities
+from pipeline.io.scan import write_like, write_probabilities_like
 from pipeline.models import build_model
 from pipeline.training.checkpoint import load_checkpoint
 
@@ -65,7 +65,7 @@ class InferStage(Stage):
             if not (ctx.resume and (ctx.run_dir / rel).is_file()):
                 labels, probs = predict_file(predictor, case["image"], save_probs)
                 if probs is not None:  # class axis last: the layout `pipeline crf` reads
-                    write_probabilities(case["image"], probs, ctx.run_dir / probs_rel)
+                    write_probabilities_like(case["image"], probs, ctx.run_dir / probs_rel)
                 write_like(case["image"], labels, ctx.run_dir / rel)
             if split == "test":
                 out["predictions"][case["id"]] = rel

@@ -115,12 +115,12 @@ def stitch(
     count = torch.zeros((depth, *padded[1:]), dtype=torch.float32, device=device)
     inner = tuple(slice(b, b + s) for b, s in zip(before[1:], size[1:], strict=True))
 
-    def flush(lo: int, hi: int, offset: int) -> None:
-        """Hand over the finished padded-axis-0 range ``lo:hi`` (buffer rows from ``offset``), cropped to the image."""
+    def flush(lo: int, hi: int) -> None:
+        """Hand over the finished padded-axis-0 range ``lo:hi`` (buffer row 0 is ``lo``), cropped to the image."""
         a, b = max(lo, before[0]), min(hi, before[0] + size[0])
         if a >= b or acc is None:
             return
-        rows = slice(offset + a - lo, offset + b - lo)
+        rows = slice(a - lo, b - lo)
         logits = acc[(slice(None), rows, *inner)] / count[(rows, *inner)]
         sink(a - before[0], b - before[0], torch.softmax(logits, dim=0))
 
@@ -128,7 +128,7 @@ def stitch(
     for start0, group in groupby(windows, key=lambda w: w[0]):
         if previous is not None:  # rows previous:start0 get no more windows
             shift = start0 - previous
-            flush(previous, min(start0, previous + depth), 0)
+            flush(previous, min(start0, previous + depth))
             if acc is not None:
                 keep = depth - shift
                 if keep > 0:
@@ -160,11 +160,10 @@ def stitch(
                 acc[(slice(None), *region)] += win * weight
                 count[region] += weight
     assert previous is not None
-    flush(previous, previous + depth, 0)
+    flush(previous, previous + depth)
 
 
 def channels_last(spatial_dims: int) -> torch.memory_format:
-    """The channels-last layout for 2D or 3D batches: oneDNN (CPU) and cuDNN run convolutions faster in it
-    (about 13 % for the prostate V-Net on 2 CPU cores); :class:`~pipeline.inference.predictor.Predictor` puts the
-    model's weights in it too."""
+    """The channels-last layout for 2D or 3D batches: oneDNN (CPU) and cuDNN run convolutions faster in it;
+    :class:`~pipeline.inference.predictor.Predictor` puts the model's weights in it too."""
     return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last

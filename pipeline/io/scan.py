@@ -30,11 +30,27 @@ import SimpleITK as sitk
 
 from pipeline.errors import DataError
 from pipeline.io.atomic import atomic_path
-from pipeline.io.nifti import PROBABILITY_SCALE, quantise_probabilities
 
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PROBABILITY_SCALE = 65535  # probabilities are stored as uint16 * 1/65535 (NIfTI-1 has no float16)
+
+
+def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(*spatial, K)`` (any float type) as uint16 in units of 1/65535. Each voxel is
+    renormalised to sum to 1 first (float16 inputs round each class a little); a voxel with no probability at all
+    (outside a foreground crop) becomes background."""
+    p = np.array(probs, dtype=np.float32)  # the one float32 copy; everything below works in place
+    np.clip(p, 0, 1, out=p)
+    total = p.sum(-1, keepdims=True)
+    p[..., :1][total == 0] = 1.0
+    total[total == 0] = 1.0
+    p /= total
+    p *= PROBABILITY_SCALE
+    np.rint(p, out=p)
+    return p.astype(np.uint16)
+
 _ITK_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO"}
 _SUPPORTED = "NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd) or a folder holding one DICOM series"
 
@@ -358,7 +374,7 @@ def write_probabilities(scan: Scan, probs: np.ndarray, target: str | os.PathLike
     """Write class probabilities on the scan's grid as NIfTI, atomically.
 
     Stored as uint16 with ``scl_slope = 1/PROBABILITY_SCALE`` (NIfTI-1 has no float16; readers get floats back,
-    resolution 1.5e-5), like :func:`pipeline.io.nifti.write_probabilities`, with the scan's affine (a NIfTI scan's
+    resolution 1.5e-5), with the scan's affine (a NIfTI scan's
     own qform, sform and codes).
 
     Args:
@@ -530,3 +546,22 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
                 entry.unlink()
         removed.append(entry)
     return removed
+
+
+def nifti_reference(path: str | os.PathLike[str]) -> Scan:
+    """A NIfTI scan's geometry without its voxels (the data stay on disk, unread): what writing on its grid needs."""
+    path = Path(path)
+    img = nib.load(str(path))
+    return Scan(path=path, kind="nifti", array=img.dataobj, affine=np.array(img.affine, dtype=float), header=img)
+
+
+def write_like(reference: str | os.PathLike[str], data: np.ndarray, target: str | os.PathLike[str]) -> Path:
+    """Write labels on a NIfTI file's grid (:func:`write_labels` with :func:`nifti_reference`)."""
+    return write_labels(nifti_reference(reference), data, target)
+
+
+def write_probabilities_like(reference: str | os.PathLike[str], probs: np.ndarray,
+                             target: str | os.PathLike[str]) -> Path:
+    """Write class probabilities ``(K, *spatial)`` on a NIfTI file's grid, class axis last
+    (:func:`write_probabilities` with :func:`nifti_reference`)."""
+    return write_probabilities(nifti_reference(reference), np.moveaxis(probs, 0, -1), target)

@@ -17,7 +17,7 @@ from pipeline.config.schema import Workflow
 from pipeline.data.stage import load_cases
 from pipeline.engine.stage import STAGES, Stage, StageContext
 from pipeline.io.atomic import write_json
-from pipeline.io.nifti import write_like
+from pipeline.io.scan import write_like
 from pipeline.postprocess.apply_crf import load_crf_inputs, run_crf, tune_crf
 from pipeline.postprocess.largest_component import keep_largest_component
 from pipeline.tracking.tracker import Tracker

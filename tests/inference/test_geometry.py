@@ -13,7 +13,7 @@ from torch import nn
 from pipeline.config.schema import InferConfig, PreprocessConfig, Workflow
 from pipeline.inference.predict import select_device
 from pipeline.inference.stage import predict_to_original
-from pipeline.io.nifti import write_like
+from pipeline.io.scan import write_like
 from tests.utils import AFFINES, make_affine, rotation, write_nifti
 
 

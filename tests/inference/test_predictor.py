@@ -46,7 +46,7 @@ def test_matches_monai_invertd(name, affine, shape, spacing, crop, monkeypatch):
     probs = smooth_probs(tuple(prepared["image"].shape[1:]))
     reference = pred._invert(prepared, probs.float(), nearest=False).numpy()  # MONAI's inverse, all classes
     monkeypatch.setattr(predictor_module, "SLAB_VOXELS", 97)  # many slabs, some of odd size
-    labels, kept = resample_to_grid(probs, prepared["image"].affine, prepared["_affine"], prepared["_shape"], True)
+    labels, kept = resample_to_grid(probs, prepared["image"].affine, affine, shape, True)
     assert labels.shape == shape and kept is not None and kept.shape == (3, *shape)
     inside = reference.sum(0) > 0.5  # MONAI pads a crop's outside with zeros; ours calls it background
     assert np.all(labels[~inside] == 0)

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.errors import DataError
-from pipeline.io.nifti import PROBABILITY_SCALE
 from pipeline.io.scan import (
+    PROBABILITY_SCALE,
     SCAN_SUFFIXES,
     is_dicom_series,
     output_name,
