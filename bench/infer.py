@@ -2,18 +2,22 @@
 
 The naive loop is what a MONAI tutorial does, one file after another: ``LoadImaged`` → the same preprocessing
 transforms → ``sliding_window_inference`` (mirrored copies for flip TTA) → ``Invertd`` → ``AsDiscreted(argmax)``
-→ the bundle's postprocessing (``KeepLargestConnectedComponentd``) → ``SaveImaged``. Ours is :func:`pipeline.inference.cohort.infer_cohort` (prefetch threads, slab stitching, a
-background writer, geometry checks, report). Both use the same model, preprocessing and window settings, the
-model already loaded, on the same synthetic prostate cohort. A third row times the sliding window alone (cases
-prepared beforehand, nothing written): the floor for this model and these window settings. Each variant runs in a fresh subprocess (peak memory
-is that process's ``ru_maxrss``); repeats alternate the order. A second part runs one large volume
-(default 512×512×300, 3 classes, labels only) through each to compare peak memory.
+→ the bundle's postprocessing (``KeepLargestConnectedComponentd``) → ``SaveImaged``. Ours is
+:func:`pipeline.inference.cohort.infer_cohort` (prefetch threads, slab stitching on a channels-last inference copy
+of the network, a background writer, geometry checks, report). Both use the same model weights, preprocessing
+and window settings, the model already loaded, on the same synthetic prostate cohort. A third row times our
+sliding window alone (cases prepared beforehand, nothing written): the floor of our loop for this model and these
+window settings; ``--plain-network`` adds the same with PyTorch's own instance norm, which shows what
+:func:`pipeline.inference.optimize.for_inference` is worth. Each variant runs in a fresh subprocess (peak memory is
+that process's VmHWM); repeats alternate the order. A second part runs one large volume (default 512×512×300,
+3 classes, labels only) through each to compare peak memory.
 
 Usage::
 
     python bench/infer.py                                  # random-init V-Net of workflows/vnet_prostate.yaml
     python bench/infer.py --model models/vnet_prostate     # a bundle from `pipeline export`
     python bench/infer.py --cases 10 --shape 192 192 24 --repeats 3 --large-shape 512 512 300
+    python bench/infer.py --model MODEL_DIR --plain-network --large-shape 0 0 0   # cohort rows only
 """
 
 from __future__ import annotations
@@ -147,17 +151,22 @@ def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int) -
     return seconds
 
 
-def child_network(bundle_dir: Path, inputs: list[Path]) -> float:
-    """The sliding window alone (cases read and preprocessed beforehand, nothing written): the floor any loop with
-    this model and these window settings can reach on this machine."""
+def child_network(bundle_dir: Path, inputs: list[Path], plain: bool = False) -> float:
+    """Our sliding window alone (cases read and preprocessed beforehand, nothing written): the floor of our loop
+    with this model and these window settings on this machine. ``plain`` runs the trained module as PyTorch
+    builds it (channels-last weights, but PyTorch's instance norm) instead of :func:`for_inference`'s copy, to
+    show what that copy is worth."""
     import torch
 
     from pipeline.bundle import load_bundle
     from pipeline.inference.predictor import Predictor
+    from pipeline.inference.stitch import channels_last
     from pipeline.io.scan import read_scan
 
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, torch.device("cpu"), bundle.spatial_dims)
+    if plain:
+        predictor.model = bundle.model.eval().to(memory_format=channels_last(bundle.spatial_dims))
     prepared = [predictor.prepare(scan.array, scan.affine) for scan in map(read_scan, inputs)]
     t0 = time.perf_counter()
     for d in prepared:
@@ -205,9 +214,10 @@ def report_cohort(args: argparse.Namespace, results: dict[str, list[dict]], agre
           f"{'x'.join(map(str, args.spacing))} mm, CPU, {threads} threads, median of {args.repeats}\n")
     print("| loop | median s | cases/s | peak MB | speed-up |")
     print("|---|---:|---:|---:|---:|")
-    for kind in ("naive", "ours", "network"):
+    labels = {"network": "network alone (our floor)", "network-plain": "network alone, PyTorch's instance norm"}
+    for kind in results:
         s = med(kind, "seconds")
-        label = "network alone (floor)" if kind == "network" else kind
+        label = labels.get(kind, kind)
         print(f"| {label} | {s:.1f} | {args.cases / s:.3f} | {med(kind, 'peak_mb'):.0f} | "
               f"{med('naive', 'seconds') / s:.2f}x |")
     print(f"\nlabel agreement ours vs naive: {agree * 100:.3f}% of voxels", flush=True)
@@ -224,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large-shape", type=int, nargs=3, default=[512, 512, 300],
                     help="the large volume for the memory comparison (0.3x0.3x0.9 mm); 0 0 0 skips it")
     ap.add_argument("--large-only", action="store_true", help="only the large-volume memory comparison")
+    ap.add_argument("--plain-network", action="store_true",
+                    help="also time the network alone with PyTorch's own instance norm (what for_inference saves)")
     ap.add_argument("--workdir", help="keep inputs and outputs here (default: a temporary folder)")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "BUNDLE", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -233,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = sorted(Path(inputs_dir).glob("*.nii.gz"))
         if kind == "naive":
             seconds = child_naive(Path(bundle), inputs, Path(out))
-        elif kind == "network":
-            seconds = child_network(Path(bundle), inputs)
+        elif kind in ("network", "network-plain"):
+            seconds = child_network(Path(bundle), inputs, plain=kind == "network-plain")
         else:
             seconds = child_ours(Path(bundle), inputs, Path(out), args.prefetch)
         print(json.dumps({"kind": kind, "seconds": seconds, "cases": len(inputs), "peak_mb": peak_mb()}))
@@ -249,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         make_cohort(inputs_dir, args.cases, tuple(args.shape), tuple(args.spacing))
         print(f"model {bundle}; {args.cases} volumes {tuple(args.shape)}; torch threads {torch.get_num_threads()}",
               file=sys.stderr)
-        results: dict[str, list[dict]] = {"naive": [], "ours": [], "network": []}
+        kinds = ("naive", "ours", "network") + (("network-plain",) if args.plain_network else ())
+        results: dict[str, list[dict]] = {k: [] for k in kinds}
         for r in range(args.repeats):
-            order = ("naive", "ours", "network") if r % 2 == 0 else ("network", "ours", "naive")
+            order = kinds if r % 2 == 0 else tuple(reversed(kinds))
             for kind in order:
                 res = run_child(kind, bundle, inputs_dir, work / f"out_{kind}_{r}", args.prefetch)
                 results[kind].append(res)

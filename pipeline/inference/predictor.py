@@ -23,7 +23,8 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from pipeline.config.schema import InferConfig, PreprocessConfig
-from pipeline.inference.stitch import LabelSink, ProbabilitySink, argmax_labels, channels_last, stitch
+from pipeline.inference.optimize import for_inference
+from pipeline.inference.stitch import LabelSink, ProbabilitySink, argmax_labels, stitch
 from pipeline.transforms.build import deterministic_transforms
 
 
@@ -41,7 +42,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, preprocess: PreprocessConfig, infer: InferConfig, device: torch.device,
                  spatial_dims: int) -> None:
-        self.model = model.to(device).eval().to(memory_format=channels_last(spatial_dims))
+        self.model = for_inference(model, spatial_dims).to(device)  # a channels-last copy; `model` is untouched
         self.device = device
         self.infer = infer
         self.spatial_dims = spatial_dims
