@@ -115,9 +115,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     import signal
     import tempfile
+    import time
 
     from pipeline.bundle import load_bundle, resolve_model
     from pipeline.inference.cohort import InferOptions, collect_inputs, infer_cohort
+    from pipeline.tracking.inference import finish_inference_run, inference_experiment, start_inference_run
     from pipeline.tracking.tracker import resolve_tracking_uri
 
     def terminate(signum: int, frame: object) -> None:  # a kill (SIGTERM) cleans up like Ctrl-C
@@ -127,10 +129,27 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.input)
     options = InferOptions(output=Path(args.output), suffix=args.suffix, probabilities=args.save_probabilities,
                            crf=args.crf, overwrite=args.overwrite, device=args.device, prefetch=args.prefetch)
+    uri = resolve_tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="pipeline-model.") as cache:
-        bundle = load_bundle(resolve_model(args.model, resolve_tracking_uri(args.tracking_uri), Path(cache)))
-        rows = infer_cohort(bundle, inputs, options, executor=args.executor, ray_address=args.ray_address,
-                            ray_workers=args.ray_workers, progress=not args.quiet)
+        bundle = load_bundle(resolve_model(args.model, uri, Path(cache)))
+        tracker = None if args.no_mlflow else start_inference_run(bundle, args.model, len(inputs), options,
+                                                                     args.executor, uri, args.experiment)
+        t0 = time.perf_counter()
+        try:
+            rows = infer_cohort(bundle, inputs, options, executor=args.executor, ray_address=args.ray_address,
+                                ray_workers=args.ray_workers, progress=not args.quiet)
+        except BaseException as exc:
+            if tracker is not None:  # the run says how it ended; report.json holds the cases finished so far
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                if not interrupted:
+                    tracker.set_tags({"error": str(exc)[:5000]})
+                finish_inference_run(tracker, [], time.perf_counter() - t0, options.output,
+                                     status="KILLED" if interrupted else "FAILED")
+            raise
+        if tracker is not None:
+            finish_inference_run(tracker, rows, time.perf_counter() - t0, options.output)
+            print(f"tracked in MLflow ({uri}): experiment {args.experiment or inference_experiment(bundle.name)}, "
+                  f"run {tracker.run_id}")
     counts = {s: sum(r.status == s for r in rows) for s in ("written", "skipped", "failed")}
     print(f"{counts['written']} written, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
           f"report: {options.output / 'report.csv'}")
@@ -214,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--ray-address", help="Ray cluster address (default: a running cluster, else a local one)")
     p.add_argument("--ray-workers", type=int, help="model copies (default: one per GPU, else one per 4 CPUs)")
-    p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ MODEL values")
+    p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ MODEL values and for tracking the "
+                   "batch (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment of the batch's run (default: MODEL_NAME-inference)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not track the batch in MLflow")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_infer)
 

@@ -180,6 +180,8 @@ def _log_bundle(bundle_dir: Path, tracking_uri: str, register_as: str | None) ->
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from pipeline.tracking.tracker import experiment_id
+
     meta = _read_json(bundle_dir / MANIFEST)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     experiment_name = meta["source"].get("experiment") or meta["source"]["workflow"]
@@ -191,7 +193,7 @@ def _log_bundle(bundle_dir: Path, tracking_uri: str, register_as: str | None) ->
                                   order_by=["attributes.start_time DESC"], max_results=1)
         run_id = runs[0].info.run_id if runs else None
     if run_id is None:
-        exp_id = experiment.experiment_id if experiment is not None else client.create_experiment(experiment_name)
+        exp_id = experiment_id(client, experiment_name, tracking_uri)
         run_id = client.create_run(exp_id, run_name=f"export-{meta['name']}",
                                    tags={"run_dir": meta["source"]["run_dir"]}).info.run_id
         client.set_terminated(run_id)

@@ -37,6 +37,20 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created if missing. A new experiment in a local SQLite store keeps its
+    artifacts in ``mlartifacts/`` beside the database file (MLflow's default, ``./mlruns``, is relative to
+    wherever the command happens to run), so the store folder is self-contained."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):]).resolve()
+        location = (db.parent / "mlartifacts").as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
 class Tracker:
     """Does nothing: used when tracking is disabled. :class:`MlflowTracker` logs for real."""
 
@@ -62,8 +76,7 @@ class MlflowTracker(Tracker):
 
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+        exp_id = experiment_id(self.client, experiment, tracking_uri)
         self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags)).info.run_id
         self._mlflow = mlflow
 
