@@ -221,6 +221,7 @@ class Loaded:
     prepared: dict[str, Any]
     started: float
     seconds: float = 0.0
+    image: np.ndarray | None = None  # the voxels as the model sees them, when they differ from scan.array
 
 
 class CaseRunner:
@@ -260,15 +261,27 @@ class CaseRunner:
                        str(job.probs_output or ""), index=job.index)
         scan = read_scan(job.input)
         self.check(scan)
-        prepared = self.predictor.prepare(scan.array, scan.affine, str(job.input))
-        return Loaded(job, key, scan, prepared, t0, time.perf_counter() - t0)
+        image = self.model_input(scan)
+        prepared = self.predictor.prepare(image, scan.affine, str(job.input))
+        return Loaded(job, key, scan, prepared, t0, time.perf_counter() - t0,
+                      image=image if image is not scan.array else None)
+
+    def single_slice(self, scan: Scan) -> bool:
+        """A 2D model given a 3D scan one slice thick, ``(x, y, 1)``: how 2D images often come in NIfTI or
+        MetaImage. It is segmented as the 2D image and the labels are written back with the scan's shape."""
+        return self.bundle.spatial_dims == 2 and scan.spatial_dims == 3 and scan.spatial_shape[2] == 1
+
+    def model_input(self, scan: Scan) -> np.ndarray:
+        """The voxels the model takes: ``scan.array``, or its only slice (see :meth:`single_slice`)."""
+        return scan.array[:, :, 0] if self.single_slice(scan) else scan.array
 
     def check(self, scan: Scan) -> None:
         """The scan fits the model: dimensions, channels, no NaN."""
         want = self.bundle.spatial_dims
-        if scan.spatial_dims != want:
-            raise DataError(f"{scan.path}: is a {scan.spatial_dims}D image but the model segments {want}D "
-                            f"{'volumes' if want == 3 else 'images'}")
+        if scan.spatial_dims != want and not self.single_slice(scan):
+            shape = "x".join(map(str, scan.spatial_shape))
+            raise DataError(f"{scan.path}: is a {scan.spatial_dims}D image ({shape}) but the model segments {want}D "
+                            f"{'volumes' if want == 3 else 'images (3D scans one slice thick are taken too)'}")
         channels = scan.array.shape[-1] if scan.array.ndim > scan.spatial_dims else 1
         if channels != len(self.bundle.channels):
             raise DataError(f"{scan.path}: has {channels} channel(s) but the model takes "
@@ -292,29 +305,32 @@ class CaseRunner:
         t0 = time.perf_counter()
         job, scan = loaded.job, loaded.scan
         labels, probs = self.predictor.restore(out, self.options.probabilities or self.crf is not None)
+        image = scan.array if loaded.image is None else loaded.image
         if self.crf is not None:
             assert probs is not None
-            labels = self._crf(scan, probs)
+            labels = self._crf(image, scan.affine, probs)
         if self.klc:
             labels = keep_largest_component(labels, self.klc)
         if job.probs_output is not None:
             assert probs is not None
-            write_probabilities(scan, np.moveaxis(probs, 0, -1), job.probs_output)
-        write_labels(scan, labels.astype(np.uint8), job.output)
+            probs = np.moveaxis(probs, 0, -1)
+            write_probabilities(scan, probs.reshape(*scan.spatial_shape, probs.shape[-1]), job.probs_output)
+        write_labels(scan, labels.astype(np.uint8).reshape(scan.spatial_shape), job.output)
         write_json(self._state(job), {"key": loaded.key, "input": str(job.input), "output": str(job.output),
                                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         seconds = loaded.seconds + time.perf_counter() - t0
         return Row(job.case, str(job.input), "written", round(seconds, 3), str(job.output),
                    str(job.probs_output or ""), index=job.index)
 
-    def _crf(self, scan: Scan, probs: np.ndarray) -> np.ndarray:
+    def _crf(self, image: np.ndarray, affine: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """Refine ``probs`` ``(K, *spatial)`` with the image the model saw."""
         from pipeline.postprocess.apply_crf import renormalise, run_crf, zscore_channels
 
         assert self.crf is not None
-        nd = scan.spatial_dims
-        spacing = spacing_from_affine(scan.affine, nd)
+        nd = probs.ndim - 1
+        spacing = spacing_from_affine(affine, nd)
         p = renormalise(np.clip(probs.astype(np.float32), 0, 1) + 1e-8)
-        return run_crf(p, zscore_channels(np.asarray(scan.array), nd), spacing, self.crf)
+        return run_crf(p, zscore_channels(np.asarray(image), nd), spacing, self.crf)
 
     def run(self, job: Job) -> Row:
         """All steps in sequence, failures caught (the Ray executor's unit of work)."""

@@ -160,6 +160,31 @@ def test_2d_model_on_2d_images(tmp_path):
     assert np.array_equal(np.asarray(out.dataobj) > 0, data > 51)
 
 
+def test_2d_model_on_scans_one_slice_thick(tmp_path):
+    """2D images stored as 3D NIfTI / MetaImage of shape (x, y, 1) are segmented as 2D images and written back
+    with their own shape and geometry; a thicker volume is refused with a reason."""
+    bundle = threshold_bundle(tmp_path / "model", spatial_dims=2)
+    data = blob((40, 33, 1))
+    inp = tmp_path / "in"
+    nii = write_nifti(inp / "slice.nii.gz", data, AFFINES["lps"])
+    mha = write_itk(inp / "plane.mha", data, (0.5, 0.4, 2.0), np.diag([1.0, -1.0, -1.0]), (3.0, -2.0, 1.0))
+    write_nifti(inp / "thick.nii.gz", blob((40, 33, 3)), AFFINES["ras"])
+    out = tmp_path / "out"
+    assert infer(str(bundle), "--input", str(inp), "--output", str(out), "--save-probabilities") == 1
+    result = nib.load(str(out / nii.name))
+    assert result.shape == (40, 33, 1)
+    np.testing.assert_allclose(result.affine, nib.load(str(nii)).affine, atol=1e-6)
+    assert np.array_equal(np.asarray(result.dataobj) > 0, data > 51)
+    assert nib.load(str(out / "slice_probs.nii.gz")).shape == (40, 33, 1, 2)
+    itk_in, itk_out = sitk.ReadImage(str(mha)), sitk.ReadImage(str(out / mha.name))
+    assert itk_out.GetSize() == itk_in.GetSize() == (40, 33, 1)
+    assert itk_out.GetDirection() == itk_in.GetDirection() and itk_out.GetOrigin() == itk_in.GetOrigin()
+    assert np.array_equal(sitk.GetArrayFromImage(itk_out).transpose(2, 1, 0) > 0, data > 51)
+    report = read_report(out)
+    assert report["thick.nii.gz"]["status"] == "failed"
+    assert "40x33x3" in report["thick.nii.gz"]["error"] and "one slice thick" in report["thick.nii.gz"]["error"]
+
+
 def test_bad_files_are_reported_and_the_rest_written(tmp_path, capsys):
     bundle = threshold_bundle(tmp_path / "model")
     inp = tmp_path / "in"
