@@ -34,6 +34,7 @@ from pipeline.bundle import Bundle
 from pipeline.bundle.bundle import package_versions as bundle_versions
 from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError, PipelineError
+from pipeline.inference.optimize import tune_allocator
 from pipeline.inference.predict import select_device
 from pipeline.inference.predictor import NetworkOutput, Predictor
 from pipeline.io.atomic import write_json, write_text
@@ -418,6 +419,7 @@ class _RayWorker:
         from pipeline.bundle import load_bundle
 
         torch.set_num_threads(max(1, threads))
+        tune_allocator()
         folder = Path(tempfile.mkdtemp(prefix="bundle."))
         for name, data in bundle_files.items():
             (folder / name).write_bytes(data)
@@ -512,6 +514,7 @@ def infer_cohort(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, 
     Raises:
         PipelineError: nothing to do, or two inputs with one output name. Failures of single cases are rows.
     """
+    tune_allocator()  # process-wide: reuse freed activation buffers (see its docstring)
     options.output.mkdir(parents=True, exist_ok=True)
     (options.output / STATE_DIR).mkdir(exist_ok=True)
     lock = open(options.output / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole batch

@@ -97,3 +97,17 @@ def test_running_statistics_are_left_alone():
     norm = nn.InstanceNorm3d(3, track_running_stats=True)
     fast = for_inference(nn.Sequential(nn.Conv3d(1, 3, 3), norm), spatial_dims=3)
     assert isinstance(fast[1], nn.InstanceNorm3d)
+
+
+def test_allocator_tuning_is_applied_once_on_glibc(monkeypatch):
+    import platform
+
+    import pipeline.inference.optimize as optimize
+
+    monkeypatch.setattr(optimize, "_allocator_tuned", None)
+    expected = platform.libc_ver()[0] == "glibc"
+    assert optimize.tune_allocator() is expected
+    assert optimize.tune_allocator() is expected  # cached: mallopt is not called again
+    monkeypatch.setattr(optimize, "_allocator_tuned", None)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
+    assert optimize.tune_allocator() is False
