@@ -155,14 +155,16 @@ def child_network(bundle_dir: Path, inputs: list[Path], plain: bool = False) -> 
     """Our sliding window alone (cases read and preprocessed beforehand, nothing written): the floor of our loop
     with this model and these window settings on this machine. ``plain`` runs the trained module as PyTorch
     builds it (channels-last weights, but PyTorch's instance norm) instead of :func:`for_inference`'s copy, to
-    show what that copy is worth."""
+    show what that copy is worth. Both with the allocator setting ``infer_cohort`` applies."""
     import torch
 
     from pipeline.bundle import load_bundle
+    from pipeline.inference.optimize import tune_allocator
     from pipeline.inference.predictor import Predictor
     from pipeline.inference.stitch import channels_last
     from pipeline.io.scan import read_scan
 
+    tune_allocator()  # as infer_cohort does
     bundle = load_bundle(bundle_dir)
     predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, torch.device("cpu"), bundle.spatial_dims)
     if plain:
