@@ -55,3 +55,45 @@ def test_matches_monai_invertd(name, affine, shape, spacing, crop, monkeypatch):
     both = inside & edge
     np.testing.assert_allclose(kept[:, both].astype(np.float32), reference[:, both], atol=2e-3)
     assert np.mean(labels[both] == reference.argmax(0)[both]) > 0.995
+
+
+def _both_paths(probs, source_affine, target_affine, shape, monkeypatch):
+    fast = resample_to_grid(probs, source_affine, target_affine, shape, True)
+    with monkeypatch.context() as m:
+        m.setattr(predictor_module, "_axis_permutation", lambda *_: None)  # force grid_sample
+        general = resample_to_grid(probs, source_affine, target_affine, shape, True)
+    return fast, general
+
+
+@pytest.mark.parametrize(("name", "affine", "shape", "spacing", "crop"), CASES, ids=[c[0] for c in CASES])
+def test_axis_by_axis_sampling_equals_grid_sample(name, affine, shape, spacing, crop, monkeypatch):
+    nd = len(shape)
+    cfg = PreprocessConfig(orientation="RAS", spacing=spacing, crop_foreground=crop, crop_margin=1,
+                           intensity={"mode": "none"}, patch={"size": [8] * nd})
+    pred = Predictor(torch.nn.Identity(), cfg, InferConfig(roi_size=[8] * nd), torch.device("cpu"), nd)
+    prepared = pred.prepare(image_for(shape), affine)
+    src = np.asarray(prepared["image"].affine)
+    m = np.linalg.inv(src) @ np.asarray(affine)
+    assert predictor_module._axis_permutation(m[:nd, :nd]) is not None  # reorient + resample: one axis each
+    probs = smooth_probs(tuple(prepared["image"].shape[1:]))
+    monkeypatch.setattr(predictor_module, "SLAB_VOXELS", 97)
+    (lab_fast, fast), (lab_general, general) = _both_paths(probs, src, affine, shape, monkeypatch)
+    np.testing.assert_allclose(fast.astype(np.float32), general.astype(np.float32), atol=2e-3)
+    assert np.mean(lab_fast == lab_general) > 0.999
+
+
+def test_axis_by_axis_sampling_with_permuted_flipped_axes(monkeypatch):
+    """Target axes x, y, z read source axes z, x, y, two of them mirrored, with different scales and offsets; part
+    of the target lies outside the source (background)."""
+    source = np.eye(4)
+    target = np.zeros((4, 4))
+    target[2, 0], target[0, 1], target[1, 2] = 0.7, -1.3, 2.1  # source voxel = target @ (i, j, k, 1)
+    target[:3, 3] = [20.5, 3.2, -1.0]
+    target[3, 3] = 1.0
+    probs = smooth_probs((18, 14, 9), k=4, seed=3)
+    shape = (15, 12, 8)
+    assert predictor_module._axis_permutation(target[:3, :3]) == [2, 0, 1]
+    (lab_fast, fast), (lab_general, general) = _both_paths(probs, source, target, shape, monkeypatch)
+    np.testing.assert_allclose(fast.astype(np.float32), general.astype(np.float32), atol=2e-3)
+    assert np.array_equal(lab_fast, lab_general)
+    assert 0 < np.mean(lab_fast == 0) < 1 and np.all(fast[0][lab_fast == 0] >= 0)
