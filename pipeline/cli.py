@@ -141,10 +141,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         except BaseException as exc:
             if tracker is not None:  # the run says how it ended; report.json holds the cases finished so far
                 interrupted = isinstance(exc, KeyboardInterrupt)
-                if not interrupted:
-                    tracker.set_tags({"error": str(exc)[:5000]})
                 finish_inference_run(tracker, [], time.perf_counter() - t0, options.output,
-                                     status="KILLED" if interrupted else "FAILED")
+                                     status="KILLED" if interrupted else "FAILED",
+                                     error=None if interrupted else str(exc))
             raise
         if tracker is not None:
             finish_inference_run(tracker, rows, time.perf_counter() - t0, options.output)

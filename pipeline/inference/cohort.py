@@ -263,7 +263,8 @@ class CaseRunner:
         scan = read_scan(job.input)
         self.check(scan)
         image = self.model_input(scan)
-        prepared = self.predictor.prepare(image, scan.affine, str(job.input))
+        affine = self.slice_affine(scan) if self.single_slice(scan) else scan.affine
+        prepared = self.predictor.prepare(image, affine, str(job.input))
         return Loaded(job, key, scan, prepared, t0, time.perf_counter() - t0,
                       image=image if image is not scan.array else None)
 
@@ -271,6 +272,21 @@ class CaseRunner:
         """A 2D model given a 3D scan one slice thick, ``(x, y, 1)``: how 2D images often come in NIfTI or
         MetaImage. It is segmented as the 2D image and the labels are written back with the scan's shape."""
         return self.bundle.spatial_dims == 2 and scan.spatial_dims == 3 and scan.spatial_shape[2] == 1
+
+    @staticmethod
+    def slice_affine(scan: Scan) -> np.ndarray:
+        """The in-plane geometry of a scan one slice thick, as a 2D model's preprocessing reads it (the top-left
+        2×2 block of the affine): the scan's own block for an axial slice; for a coronal, sagittal or tilted slice,
+        whose block would be singular or foreshortened, the true voxel sizes in stored order."""
+        affine = np.asarray(scan.affine, dtype=np.float64)
+        columns = affine[:3, :2]
+        sizes = np.linalg.norm(columns, axis=0)
+        if np.all(np.abs(columns[2]) <= 1e-3 * sizes):  # in the world x-y plane
+            return affine
+        out = np.eye(4)
+        out[0, 0], out[1, 1], out[2, 2] = sizes[0], sizes[1], np.linalg.norm(affine[:3, 2])
+        out[:3, 3] = affine[:3, 3]
+        return out
 
     def model_input(self, scan: Scan) -> np.ndarray:
         """The voxels the model takes: ``scan.array``, or its only slice (see :meth:`single_slice`)."""

@@ -42,6 +42,7 @@ def start_inference_run(bundle: Any, model_ref: str, n_inputs: int, options: Any
             "output": str(Path(options.output).resolve())}
     if source.get("run_dir"):
         tags["training_run_dir"] = str(source["run_dir"])
+    tracker: MlflowTracker | None = None
     try:
         tracker = MlflowTracker(name, tracking_uri, run_name=f"infer-{bundle.name}", tags=tags)
         tracker.log_params({
@@ -51,17 +52,23 @@ def start_inference_run(bundle: Any, model_ref: str, n_inputs: int, options: Any
             **{f"infer.{k}": v for k, v in bundle.infer.model_dump().items()},
         })
     except Exception as exc:
+        if tracker is not None:  # created but not usable: do not leave it RUNNING
+            try:
+                tracker.end("FAILED")
+            except Exception:
+                pass
         raise PipelineError(f"could not start an MLflow run in {tracking_uri} ({exc}); pass --tracking-uri URI for "
                             "another store, or --no-mlflow to run untracked") from None
     return tracker
 
 
 def finish_inference_run(tracker: MlflowTracker, rows: Sequence[Any], seconds: float, output: Path,
-                         status: str | None = None) -> None:
+                         status: str | None = None, error: str | None = None) -> None:
     """Log the batch's counts, throughput and report, and end the run (warns instead of raising).
 
     ``status`` is given when the batch did not run to its end (``KILLED``: Ctrl-C or a kill; ``FAILED``: an
-    error): then only the time and the report so far are logged. Otherwise the run ends ``FAILED`` if a case failed.
+    error, whose message ``error`` becomes a tag): then only the time and the report so far are logged. Otherwise
+    the run ends ``FAILED`` if a case failed.
     """
     metrics = {"seconds": seconds}
     if status is None:
@@ -73,6 +80,8 @@ def finish_inference_run(tracker: MlflowTracker, rows: Sequence[Any], seconds: f
             metrics["seconds_per_case_median"] = statistics.median(done)
         status = "FAILED" if counts["failed"] else "FINISHED"
     try:
+        if error:
+            tracker.set_tags({"error": error[:5000]})
         tracker.log_metrics(metrics)
         for report in ("report.json", "report.csv"):
             if (output / report).is_file():

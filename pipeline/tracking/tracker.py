@@ -48,7 +48,13 @@ def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):]).resolve()
         location = (db.parent / "mlartifacts").as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # another process created it in the meantime
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
 
 
 class Tracker:

@@ -169,12 +169,24 @@ def test_2d_model_on_scans_one_slice_thick(tmp_path):
     nii = write_nifti(inp / "slice.nii.gz", data, AFFINES["lps"])
     mha = write_itk(inp / "plane.mha", data, (0.5, 0.4, 2.0), np.diag([1.0, -1.0, -1.0]), (3.0, -2.0, 1.0))
     write_nifti(inp / "thick.nii.gz", blob((40, 33, 3)), AFFINES["ras"])
+    coronal = np.array([[0.5, 0, 0, 4.0], [0, 0, 2.0, -3.0], [0, 0.4, 0, 7.0], [0, 0, 0, 1]])  # y runs up (S)
+    tilted = make_affine((0.5, 0.4, 2.0), rotation((1, 0, 0), 40.0), origin=(1.0, 2.0, 3.0))
+    others = [write_nifti(inp / "coronal.nii.gz", data, coronal), write_nifti(inp / "tilted.nii.gz", data, tilted)]
     out = tmp_path / "out"
     assert infer(str(bundle), "--input", str(inp), "--output", str(out), "--save-probabilities") == 1
-    result = nib.load(str(out / nii.name))
-    assert result.shape == (40, 33, 1)
-    np.testing.assert_allclose(result.affine, nib.load(str(nii)).affine, atol=1e-6)
-    assert np.array_equal(np.asarray(result.dataobj) > 0, data > 51)
+    for src in (nii, *others):
+        result = nib.load(str(out / src.name))
+        assert result.shape == (40, 33, 1)
+        np.testing.assert_allclose(result.affine, nib.load(str(src)).affine, atol=1e-6)
+        assert np.array_equal(np.asarray(result.dataobj) > 0, data > 51), src.name
+    # The 2D preprocessing sees each slice's true in-plane voxel size (a tilted slice is not foreshortened).
+    from pipeline.inference.cohort import CaseRunner
+    from pipeline.io.scan import read_scan
+
+    for src, size in ((nii, (0.9, 0.9)), (others[0], (0.5, 0.4)), (others[1], (0.5, 0.4))):
+        in_plane = CaseRunner.slice_affine(read_scan(src))[:2, :2]
+        np.testing.assert_allclose(np.linalg.norm(in_plane, axis=0), size, atol=1e-6)
+        assert abs(np.linalg.det(in_plane)) > 0
     assert nib.load(str(out / "slice_probs.nii.gz")).shape == (40, 33, 1, 2)
     itk_in, itk_out = sitk.ReadImage(str(mha)), sitk.ReadImage(str(out / mha.name))
     assert itk_out.GetSize() == itk_in.GetSize() == (40, 33, 1)

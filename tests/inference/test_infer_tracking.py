@@ -95,3 +95,18 @@ def test_no_mlflow(cohort, tmp_path):
     assert main(["infer", str(model), "--input", str(scans), "--output", str(tmp_path / "out"), "--quiet",
                  "--tracking-uri", f"sqlite:///{db}", "--no-mlflow"]) == 0
     assert not db.exists()
+
+
+def test_batch_refused_after_start_ends_the_run_failed(cohort, tmp_path):
+    import fcntl
+
+    model, scans = cohort
+    out = tmp_path / "out"
+    (out / ".pipeline-infer").mkdir(parents=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open(out / ".pipeline-infer" / "lock", "w") as held:  # another `pipeline infer` writes there
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["infer", str(model), "--input", str(scans), "--output", str(out), "--quiet",
+                     "--tracking-uri", uri]) == 2
+    _, run = only_run(uri, "threshold-inference")
+    assert run.info.status == "FAILED" and "another `pipeline infer`" in run.data.tags["error"]

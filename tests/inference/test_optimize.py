@@ -105,6 +105,8 @@ def test_allocator_tuning_is_applied_once_on_glibc(monkeypatch):
     import pipeline.inference.optimize as optimize
 
     monkeypatch.setattr(optimize, "_allocator_tuned", None)
+    for var in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(var, raising=False)
     expected = platform.libc_ver()[0] == "glibc"
     assert optimize.tune_allocator() is expected
     assert optimize.tune_allocator() is expected  # cached: mallopt is not called again
