@@ -36,13 +36,18 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "affine", "shape", "spacing", "crop"), CASES, ids=[c[0] for c in CASES])
-def test_matches_monai_invertd(name, affine, shape, spacing, crop, monkeypatch):
+def prepare_case(affine, shape, spacing, crop):
+    """A predictor (identity network) with RAS reorientation, optional resampling and crop, and the prepared scan."""
     nd = len(shape)
     cfg = PreprocessConfig(orientation="RAS", spacing=spacing, crop_foreground=crop, crop_margin=1,
                            intensity={"mode": "none"}, patch={"size": [8] * nd})
     pred = Predictor(torch.nn.Identity(), cfg, InferConfig(roi_size=[8] * nd), torch.device("cpu"), nd)
-    prepared = pred.prepare(image_for(shape), affine)
+    return pred, pred.prepare(image_for(shape), affine)
+
+
+@pytest.mark.parametrize(("name", "affine", "shape", "spacing", "crop"), CASES, ids=[c[0] for c in CASES])
+def test_matches_monai_invertd(name, affine, shape, spacing, crop, monkeypatch):
+    pred, prepared = prepare_case(affine, shape, spacing, crop)
     probs = smooth_probs(tuple(prepared["image"].shape[1:]))
     reference = pred._invert(prepared, probs.float(), nearest=False).numpy()  # MONAI's inverse, all classes
     monkeypatch.setattr(predictor_module, "SLAB_VOXELS", 97)  # many slabs, some of odd size
@@ -68,10 +73,7 @@ def _both_paths(probs, source_affine, target_affine, shape, monkeypatch):
 @pytest.mark.parametrize(("name", "affine", "shape", "spacing", "crop"), CASES, ids=[c[0] for c in CASES])
 def test_axis_by_axis_sampling_equals_grid_sample(name, affine, shape, spacing, crop, monkeypatch):
     nd = len(shape)
-    cfg = PreprocessConfig(orientation="RAS", spacing=spacing, crop_foreground=crop, crop_margin=1,
-                           intensity={"mode": "none"}, patch={"size": [8] * nd})
-    pred = Predictor(torch.nn.Identity(), cfg, InferConfig(roi_size=[8] * nd), torch.device("cpu"), nd)
-    prepared = pred.prepare(image_for(shape), affine)
+    _, prepared = prepare_case(affine, shape, spacing, crop)
     src = np.asarray(prepared["image"].affine)
     m = np.linalg.inv(src) @ np.asarray(affine)
     assert predictor_module._axis_permutation(m[:nd, :nd]) is not None  # reorient + resample: one axis each
