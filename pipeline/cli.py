@@ -118,7 +118,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     import time
 
     from pipeline.bundle import load_bundle, resolve_model
-    from pipeline.inference.cohort import InferOptions, collect_inputs, infer_cohort
+    from pipeline.inference.cohort import InferOptions, collect_inputs, count_statuses, infer_cohort
     from pipeline.tracking.inference import finish_inference_run, inference_experiment, start_inference_run
     from pipeline.tracking.tracker import resolve_tracking_uri
 
@@ -149,7 +149,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             finish_inference_run(tracker, rows, time.perf_counter() - t0, options.output)
             print(f"tracked in MLflow ({uri}): experiment {args.experiment or inference_experiment(bundle.name)}, "
                   f"run {tracker.run_id}")
-    counts = {s: sum(r.status == s for r in rows) for s in ("written", "skipped", "failed")}
+    counts = count_statuses(rows)
     print(f"{counts['written']} written, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
           f"report: {options.output / 'report.csv'}")
     for r in rows:

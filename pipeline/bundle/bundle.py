@@ -45,11 +45,8 @@ def package_versions() -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -185,15 +182,11 @@ def _log_bundle(bundle_dir: Path, tracking_uri: str, register_as: str | None) ->
     meta = _read_json(bundle_dir / MANIFEST)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     experiment_name = meta["source"].get("experiment") or meta["source"]["workflow"]
-    experiment = client.get_experiment_by_name(experiment_name)
-    run_id = None
-    if experiment is not None:
-        runs = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.run_dir = '{meta['source']['run_dir']}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        run_id = runs[0].info.run_id if runs else None
+    exp_id = experiment_id(client, experiment_name, tracking_uri)
+    runs = client.search_runs([exp_id], filter_string=f"tags.run_dir = '{meta['source']['run_dir']}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    run_id = runs[0].info.run_id if runs else None
     if run_id is None:
-        exp_id = experiment_id(client, experiment_name, tracking_uri)
         run_id = client.create_run(exp_id, run_name=f"export-{meta['name']}",
                                    tags={"run_dir": meta["source"]["run_dir"]}).info.run_id
         client.set_terminated(run_id)

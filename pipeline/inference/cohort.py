@@ -11,6 +11,7 @@ has them); the report is the same.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import glob
@@ -42,6 +43,7 @@ from pipeline.io.nifti import spacing_from_affine
 from pipeline.io.scan import (
     Scan,
     is_dicom_series,
+    mhd_data_file,
     output_name,
     read_scan,
     remove_stale_temporaries,
@@ -187,24 +189,13 @@ def plan_jobs(inputs: Sequence[Path], options: InferOptions) -> list[Job]:
 # -- one case ----------------------------------------------------------------------------------------------------
 
 
-def _mhd_data_files(header: Path) -> list[Path]:
-    """The data file(s) a MetaImage header names in ``ElementDataFile`` (``LOCAL`` means inside the header)."""
-    try:
-        for line in header.read_text(errors="replace").splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "ElementDataFile":
-                value = value.strip()
-                return [] if value == "LOCAL" else [p for p in [header.parent / value] if p.is_file()]
-    except OSError:
-        pass
-    return []
-
-
 def input_digest(path: Path) -> str:
     """sha256 of a scan's bytes: every file of a DICOM folder, an ``.mhd`` with its data file."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     if path.is_file() and path.suffix.lower() == ".mhd":
-        files += _mhd_data_files(path)
+        with contextlib.suppress(OSError):
+            data = mhd_data_file(path)
+            files += [data] if data is not None and data.is_file() else []
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
@@ -220,9 +211,7 @@ class Loaded:
     key: str
     scan: Scan
     prepared: dict[str, Any]
-    started: float
     seconds: float = 0.0
-    image: np.ndarray | None = None  # the voxels as the model sees them, when they differ from scan.array
 
 
 class CaseRunner:
@@ -235,6 +224,7 @@ class CaseRunner:
         klc = bundle.postprocess.keep_largest_component
         self.klc = list(range(1, bundle.num_classes)) if klc is True else list(klc or [])
         self.crf = (bundle.postprocess.crf or CRFConfig()) if options.crf else None
+        self.needs_probs = options.probabilities or self.crf is not None  # on the scan's grid
         # What changes an output's bytes: the model, the options, the code (its version) and the device (float16
         # autocast on CUDA).
         self.model_key = {"bundle": bundle.digest, **options.key_part(), "device": self.device.type,
@@ -262,31 +252,13 @@ class CaseRunner:
                        str(job.probs_output or ""), index=job.index)
         scan = read_scan(job.input)
         self.check(scan)
-        image = self.model_input(scan)
-        affine = self.slice_affine(scan) if self.single_slice(scan) else scan.affine
-        prepared = self.predictor.prepare(image, affine, str(job.input))
-        return Loaded(job, key, scan, prepared, t0, time.perf_counter() - t0,
-                      image=image if image is not scan.array else None)
+        prepared = self.predictor.prepare(self.model_input(scan), scan.affine, str(job.input))
+        return Loaded(job, key, scan, prepared, time.perf_counter() - t0)
 
     def single_slice(self, scan: Scan) -> bool:
         """A 2D model given a 3D scan one slice thick, ``(x, y, 1)``: how 2D images often come in NIfTI or
         MetaImage. It is segmented as the 2D image and the labels are written back with the scan's shape."""
         return self.bundle.spatial_dims == 2 and scan.spatial_dims == 3 and scan.spatial_shape[2] == 1
-
-    @staticmethod
-    def slice_affine(scan: Scan) -> np.ndarray:
-        """The in-plane geometry of a scan one slice thick, as a 2D model's preprocessing reads it (the top-left
-        2×2 block of the affine): the scan's own block for an axial slice; for a coronal, sagittal or tilted slice,
-        whose block would be singular or foreshortened, the true voxel sizes in stored order."""
-        affine = np.asarray(scan.affine, dtype=np.float64)
-        columns = affine[:3, :2]
-        sizes = np.linalg.norm(columns, axis=0)
-        if np.all(np.abs(columns[2]) <= 1e-3 * sizes):  # in the world x-y plane
-            return affine
-        out = np.eye(4)
-        out[0, 0], out[1, 1], out[2, 2] = sizes[0], sizes[1], np.linalg.norm(affine[:3, 2])
-        out[:3, 3] = affine[:3, 3]
-        return out
 
     def model_input(self, scan: Scan) -> np.ndarray:
         """The voxels the model takes: ``scan.array``, or its only slice (see :meth:`single_slice`)."""
@@ -311,7 +283,7 @@ class CaseRunner:
 
     def network(self, loaded: Loaded) -> NetworkOutput:
         t0 = time.perf_counter()
-        out = self.predictor.network(loaded.prepared, self.options.probabilities or self.crf is not None)
+        out = self.predictor.network(loaded.prepared, self.needs_probs)
         loaded.seconds += time.perf_counter() - t0
         return out
 
@@ -321,11 +293,10 @@ class CaseRunner:
 
         t0 = time.perf_counter()
         job, scan = loaded.job, loaded.scan
-        labels, probs = self.predictor.restore(out, self.options.probabilities or self.crf is not None)
-        image = scan.array if loaded.image is None else loaded.image
+        labels, probs = self.predictor.restore(out, self.needs_probs)
         if self.crf is not None:
             assert probs is not None
-            labels = self._crf(image, scan.affine, probs)
+            labels = self._crf(self.model_input(scan), scan.affine, probs)
         if self.klc:
             labels = keep_largest_component(labels, self.klc)
         if job.probs_output is not None:
@@ -509,12 +480,17 @@ def run_ray(bundle: Bundle, options: InferOptions, jobs: Sequence[Job], on_row: 
 # -- report ------------------------------------------------------------------------------------------------------
 
 
+def count_statuses(rows: Iterable[Row]) -> dict[str, int]:
+    """How many cases were ``written``, ``skipped`` and ``failed``."""
+    statuses = [r.status for r in rows]
+    return {s: statuses.count(s) for s in ("written", "skipped", "failed")}
+
+
 def write_report(folder: Path, rows: Iterable[Row], meta: dict[str, Any]) -> None:
     """``report.json`` (with counts and the model) and ``report.csv``, in input order."""
     ordered = sorted(rows, key=lambda r: r.index)
     cases = [{k: getattr(r, k) for k in REPORT_FIELDS} for r in ordered]
-    counts = {s: sum(r.status == s for r in ordered) for s in ("written", "skipped", "failed")}
-    write_json(folder / "report.json", {**meta, "counts": counts, "cases": cases})
+    write_json(folder / "report.json", {**meta, "counts": count_statuses(ordered), "cases": cases})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS)
     w.writeheader()
@@ -564,9 +540,7 @@ def _infer_locked(bundle: Bundle, inputs: Sequence[Path], options: InferOptions,
     inputs = [p for p in inputs if p.resolve() not in earlier]
     if not inputs:
         raise PipelineError("no input scans given (earlier outputs in the output folder are not inputs)")
-    stale_found = remove_stale_temporaries(options.output)
-    if (options.output / STATE_DIR).is_dir():
-        stale_found += remove_stale_temporaries(options.output / STATE_DIR)
+    stale_found = remove_stale_temporaries(options.output) + remove_stale_temporaries(options.output / STATE_DIR)
     for stale in stale_found:
         log.info("removed %s left by an interrupted run", stale)
     jobs = plan_jobs(inputs, options)

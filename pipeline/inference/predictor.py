@@ -51,9 +51,12 @@ class Predictor:
         self.resamples = preprocess.spacing is not None
 
     def prepare(self, array: np.ndarray, affine: np.ndarray, name: str = "") -> dict[str, Any]:
-        """Preprocess an image ``(*spatial)`` or ``(*spatial, C)`` with its RAS affine."""
+        """Preprocess an image ``(*spatial)`` or ``(*spatial, C)`` with its RAS affine (for a 2D image, the 4x4
+        affine of the plane it lies in: see :func:`in_plane_affine`)."""
         data = np.asarray(array, dtype=np.float32)
         data = data[None] if data.ndim == self.spatial_dims else np.moveaxis(data, -1, 0)
+        if self.spatial_dims == 2:
+            affine = in_plane_affine(affine)
         aff = torch.as_tensor(np.asarray(affine, dtype=np.float64))
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(data)), affine=aff,
                            meta={"original_affine": aff.clone(), "space": "RAS", "filename_or_obj": name,
@@ -99,6 +102,22 @@ class Predictor:
                  probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """All three steps in sequence."""
         return self.restore(self.network(self.prepare(array, affine), probabilities), probabilities)
+
+
+def in_plane_affine(affine: np.ndarray) -> np.ndarray:
+    """The geometry of a 2D image as MONAI's 2D transforms read it (the affine's top-left 2x2 block): a slice in
+    the world x-y plane keeps its affine; a coronal, sagittal or tilted one, whose block would be singular or
+    foreshortened, gets its true in-plane voxel sizes in stored order. Outputs are still written with the scan's
+    own affine."""
+    affine = np.asarray(affine, dtype=np.float64)
+    columns = affine[:3, :2]
+    sizes = np.linalg.norm(columns, axis=0)
+    if np.all(np.abs(columns[2]) <= 1e-3 * sizes):  # in the world x-y plane
+        return affine
+    out = np.eye(4)
+    out[0, 0], out[1, 1], out[2, 2] = sizes[0], sizes[1], np.linalg.norm(affine[:3, 2])
+    out[:3, 3] = affine[:3, 3]
+    return out
 
 
 SLAB_VOXELS = 1 << 21  # output voxels resampled per step: bounds the sampling grid and the float32 block

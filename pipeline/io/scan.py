@@ -35,6 +35,19 @@ SCAN_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PROBABILITY_SCALE = 65535  # probabilities are stored as uint16 * 1/65535 (NIfTI-1 has no float16)
+_ITK_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO"}
+_SUPPORTED = "NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd) or a folder holding one DICOM series"
+
+# Tolerances of the read-back check. NIfTI-1 stores the sform as float32, so affines also get a relative tolerance
+# a few float32 roundings wide (1.5e-5 mm at 250 mm from the origin); ITK formats store doubles in full.
+_AFFINE_ATOL = 1e-5
+_AFFINE_RTOL = 1e-6
+_ITK_ATOL = 1e-6
+# DICOM slices must lie on the reconstructed grid within this fraction of the slice spacing.
+_SLICE_TOL = 0.1
+
+# What atomic_path (".<stem>.XXXX.part<suffix>") and the .mhd writer (".<stem>.XXXX.part/") leave behind when killed.
+_TEMPORARY = re.compile(r"^\..+\.part(\..+)?$")
 
 
 def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
@@ -50,20 +63,6 @@ def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
     p *= PROBABILITY_SCALE
     np.rint(p, out=p)
     return p.astype(np.uint16)
-
-_ITK_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO"}
-_SUPPORTED = "NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd) or a folder holding one DICOM series"
-
-# Tolerances of the read-back check. NIfTI-1 stores the sform as float32, so affines also get a relative tolerance
-# a few float32 roundings wide (1.5e-5 mm at 250 mm from the origin); ITK formats store doubles in full.
-_AFFINE_ATOL = 1e-5
-_AFFINE_RTOL = 1e-6
-_ITK_ATOL = 1e-6
-# DICOM slices must lie on the reconstructed grid within this fraction of the slice spacing.
-_SLICE_TOL = 0.1
-
-# What atomic_path (".<stem>.XXXX.part<suffix>") and the .mhd writer (".<stem>.XXXX.part/") leave behind when killed.
-_TEMPORARY = re.compile(r"^\..+\.part(\..+)?$")
 
 
 def scan_suffix(path: str | os.PathLike[str]) -> str | None:
@@ -225,20 +224,32 @@ def _read_itk(path: Path, fmt: str) -> Scan:
     return _from_itk(path, "itk", image, array)
 
 
+def mhd_data_file(path: str | os.PathLike[str]) -> Path | None:
+    """The one data file a MetaImage header names in ``ElementDataFile`` (whether or not it exists), or ``None``
+    when the data are inside the header (``LOCAL``) or spread over a list or pattern of slice files.
+
+    Raises:
+        OSError: the header cannot be read.
+    """
+    path = Path(path)
+    head = path.read_bytes()[:65536].decode("latin-1")
+    match = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", head, flags=re.MULTILINE)
+    if match is None:
+        return None
+    name = match.group(1)
+    if name.upper() in ("LOCAL", "LIST") or "%" in name or " " in name:
+        return None
+    return path.parent / name
+
+
 def _check_mhd_data_file(path: Path) -> None:
     """A .mhd header names its data file; say so when it is missing (ITK only says the header cannot be read)."""
     try:
-        head = path.read_bytes()[:65536].decode("latin-1")
+        data = mhd_data_file(path)
     except OSError as exc:
         raise _cannot_read(path, "the header", exc) from None
-    match = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", head, flags=re.MULTILINE)
-    if match is None:
-        return
-    name = match.group(1)
-    if name.upper() in ("LOCAL", "LIST") or "%" in name or " " in name:  # data inline, or a list of slice files
-        return
-    if not (path.parent / name).is_file():
-        raise DataError(f"{path}: its data file {name} (ElementDataFile in the header) is missing; keep the "
+    if data is not None and not data.is_file():
+        raise DataError(f"{path}: its data file {data.name} (ElementDataFile in the header) is missing; keep the "
                         ".raw/.zraw file next to the .mhd under that name")
 
 

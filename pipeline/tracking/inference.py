@@ -12,6 +12,7 @@ logging the results afterwards only warns, since the segmentations are written b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.inference.cohort import count_statuses
 from pipeline.tracking.tracker import MlflowTracker
 
 log = logging.getLogger("pipeline")
@@ -53,10 +55,8 @@ def start_inference_run(bundle: Any, model_ref: str, n_inputs: int, options: Any
         })
     except Exception as exc:
         if tracker is not None:  # created but not usable: do not leave it RUNNING
-            try:
+            with contextlib.suppress(Exception):
                 tracker.end("FAILED")
-            except Exception:
-                pass
         raise PipelineError(f"could not start an MLflow run in {tracking_uri} ({exc}); pass --tracking-uri URI for "
                             "another store, or --no-mlflow to run untracked") from None
     return tracker
@@ -72,7 +72,7 @@ def finish_inference_run(tracker: MlflowTracker, rows: Sequence[Any], seconds: f
     """
     metrics = {"seconds": seconds}
     if status is None:
-        counts = {s: sum(r.status == s for r in rows) for s in ("written", "skipped", "failed")}
+        counts = count_statuses(rows)
         metrics.update({f"cases_{s}": float(n) for s, n in counts.items()})
         done = [r.seconds for r in rows if r.status == "written"]
         if done and seconds > 0:

@@ -1,14 +1,9 @@
-"""`pipeline infer` over cohorts: every format keeps its geometry, bad files are reported, done cases are skipped,
-and a killed batch finishes on rerun with byte-identical outputs."""
+"""`pipeline infer` over cohorts: every format keeps its geometry, bad files are reported, done cases are skipped
+(a killed batch and the Ray executor: test_cohort_resume.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -180,11 +175,10 @@ def test_2d_model_on_scans_one_slice_thick(tmp_path):
         np.testing.assert_allclose(result.affine, nib.load(str(src)).affine, atol=1e-6)
         assert np.array_equal(np.asarray(result.dataobj) > 0, data > 51), src.name
     # The 2D preprocessing sees each slice's true in-plane voxel size (a tilted slice is not foreshortened).
-    from pipeline.inference.cohort import CaseRunner
-    from pipeline.io.scan import read_scan
+    from pipeline.inference.predictor import in_plane_affine
 
     for src, size in ((nii, (0.9, 0.9)), (others[0], (0.5, 0.4)), (others[1], (0.5, 0.4))):
-        in_plane = CaseRunner.slice_affine(read_scan(src))[:2, :2]
+        in_plane = in_plane_affine(nib.load(str(src)).affine)[:2, :2]
         np.testing.assert_allclose(np.linalg.norm(in_plane, axis=0), size, atol=1e-6)
         assert abs(np.linalg.det(in_plane)) > 0
     assert nib.load(str(out / "slice_probs.nii.gz")).shape == (40, 33, 1, 2)
