@@ -296,7 +296,7 @@ def write_cells_case(root: Path, entry: dict, source: dict, spatial_dims: int | 
     Raises:
         DataError: the entry or source is malformed.
     """
-    from pipeline.data.importers import save_nifti
+    from pipeline.data.storage import save_nifti
 
     ndim = int(spatial_dims if spatial_dims is not None else (source.get("spatial_dims", 2)
                                                              if isinstance(source, Mapping) else 2))

@@ -333,7 +333,7 @@ def write_oct_case(root: Path, entry: dict, source: dict) -> None:
     Raises:
         DataError: the entry or source is malformed.
     """
-    from pipeline.data.importers import save_nifti, save_npy
+    from pipeline.data.storage import save_nifti, save_npy
     from pipeline.data.synthetic_cells import _check_entry
 
     what = "synthetic OCT"

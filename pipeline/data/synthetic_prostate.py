@@ -37,8 +37,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from pipeline.data.storage import save_nifti
+from pipeline.data.synthetic_prostate_fields import (
+    ellipsoid_distance,
+    legendre_bias,
+    random_affine,
+    rotation,
+    smooth_field,
+)
 from pipeline.errors import DataError
-from pipeline.io.atomic import atomic_path
 
 __all__ = [
     "best_threshold_dice",
@@ -77,85 +84,8 @@ def case_seed(source_seed: int, case_id: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rotation matrix about ``axis`` (need not be unit) by ``angle`` radians (Rodrigues)."""
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    return np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k)
-
-
-def _quantize_affine(affine: np.ndarray) -> np.ndarray:
-    """Round ``affine`` to what a NIfTI qform can hold exactly, so the written qform and sform equal it."""
-    import nibabel as nib
-
-    header = nib.Nifti1Header()
-    header.set_qform(affine, code=1)
-    return np.asarray(header.get_qform(), dtype=np.float64)
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], sigma_mm: float,
-                  spacing: np.ndarray) -> np.ndarray:
-    """Gaussian random field with unit standard deviation and correlation length ~``sigma_mm`` (voxel grid)."""
-    noise = rng.standard_normal(shape, dtype=np.float32)
-    sigma = [max(sigma_mm / float(s), 0.3) for s in spacing]
-    field = ndimage.gaussian_filter(noise, sigma=sigma, mode="reflect")
-    field -= field.mean()
-    std = float(field.std())
-    if std > 0:
-        field /= std
-    return field
-
-
-def _legendre_bias(rng: np.random.Generator, shape: tuple[int, int, int], degree: int = 3,
-                   strength: float = 0.12) -> np.ndarray:
-    """Smooth log bias field: sum of products of Legendre polynomials up to total ``degree``, random coefficients."""
-    coords = [np.linspace(-1.0, 1.0, n, dtype=np.float64) for n in shape]
-    polys = [np.polynomial.legendre.legvander(c, degree) for c in coords]  # (n, degree+1)
-    coeffs = np.zeros((degree + 1,) * 3)
-    for i in range(degree + 1):
-        for j in range(degree + 1 - i):
-            for k in range(degree + 1 - i - j):
-                if i + j + k == 0:
-                    continue
-                coeffs[i, j, k] = rng.normal(0.0, strength / (1.0 + 0.5 * (i + j + k - 1)))
-    field = np.einsum("ai,bj,ck,ijk->abc", polys[0], polys[1], polys[2], coeffs, optimize=True)
-    return field.astype(np.float32)
-
-
-def _ellipsoid_distance(x: np.ndarray, y: np.ndarray, z: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
-    """Approximate signed distance (mm) to an axis-aligned ellipsoid centred at the origin (negative inside)."""
-    qx, qy, qz = x / a, y / b, z / c
-    r = np.sqrt(qx * qx + qy * qy + qz * qz)
-    grad = np.sqrt((qx / a) ** 2 + (qy / b) ** 2 + (qz / c) ** 2)
-    return (r - 1.0) * r / np.maximum(grad, 1e-6)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Case generation
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _random_affine(rng: np.random.Generator, shape: tuple[int, int, int],
-                   spacing: tuple[float, float, float]) -> np.ndarray:
-    flips = np.diag([-1.0, -1.0, 1.0]) if rng.random() < 0.5 else np.eye(3)  # LPS-like or RAS-like
-    if rng.random() < 0.75:
-        angle = math.radians(rng.uniform(1.0, 8.0))
-        rot = _rotation(rng.normal(size=3), angle)
-    else:
-        rot = np.eye(3)
-    direction = rot @ flips
-    linear = direction @ np.diag(np.asarray(spacing, dtype=np.float64))
-    fov_centre_world = rng.uniform(-40.0, 40.0, size=3)
-    centre_index = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
-    affine = np.eye(4)
-    affine[:3, :3] = linear
-    affine[:3, 3] = fov_centre_world - linear @ centre_index
-    return _quantize_affine(affine)
 
 
 def make_prostate_case(
@@ -183,13 +113,13 @@ def make_prostate_case(
     rng = np.random.default_rng(np.random.SeedSequence(int(seed) & ((1 << 128) - 1)))
     sp = np.asarray(spacing)
 
-    affine = _random_affine(rng, shape, spacing)
+    affine = random_affine(rng, shape, spacing)
 
     # --- gland pose and size (world / anatomical frame: x = L->R, y = P->A, z = I->S) ---------------------------
     a_lr, a_ap, a_si = rng.uniform(17.0, 24.0), rng.uniform(12.0, 17.0), rng.uniform(14.0, 20.0)
     fov_centre = affine[:3, :3] @ ((np.asarray(shape) - 1.0) / 2.0) + affine[:3, 3]
     centre = fov_centre + rng.uniform(-4.0, 4.0, size=3)
-    tilt = _rotation([1.0, 0.0, 0.0], math.radians(rng.uniform(-12.0, 12.0))) @ _rotation(
+    tilt = rotation([1.0, 0.0, 0.0], math.radians(rng.uniform(-12.0, 12.0))) @ rotation(
         [0.0, 0.0, 1.0], math.radians(rng.uniform(-6.0, 6.0)))
     # voxel index -> gland-local coordinates: local = tilt^T (A ijk + t - centre)
     lin = tilt.T @ affine[:3, :3]
@@ -222,7 +152,7 @@ def make_prostate_case(
     if posterior_pz < 6.0:  # keep the posterior PZ at least 6 mm thick
         shift_ap += 6.0 - posterior_pz
     shift_si = a_si * rng.uniform(0.08, 0.2)
-    d_tz = _ellipsoid_distance(x, y - shift_ap, z - shift_si, tz_lr, tz_ap, tz_si)
+    d_tz = ellipsoid_distance(x, y - shift_ap, z - shift_si, tz_lr, tz_ap, tz_si)
     tz = gland & (d_tz < 0)
     pz = gland & ~tz
 
@@ -231,18 +161,18 @@ def make_prostate_case(
     label[tz] = 2
 
     # --- surroundings -------------------------------------------------------------------------------------------
-    texture = _smooth_field(rng, shape, 1.8, sp)
-    texture2 = _smooth_field(rng, shape, 6.0, sp)
+    texture = smooth_field(rng, shape, 1.8, sp)
+    texture2 = smooth_field(rng, shape, 6.0, sp)
     # heterogeneous (fine-grained, high-contrast) soft tissue with the gland's mean intensity
     img = (GLAND_SIGNAL * (1.0 + 0.26 * texture + 0.06 * texture2)).astype(np.float32)
 
     # bright fat lobules
-    fat_field = _smooth_field(rng, shape, 4.0, sp)
+    fat_field = smooth_field(rng, shape, 4.0, sp)
     fat = fat_field > rng.uniform(0.2, 0.6)
     img[fat] = (0.85 + 0.08 * texture[fat]) * rng.uniform(0.95, 1.1)
 
     # neurovascular bundles / venous plexus: bright tubes postero-laterally and antero-laterally
-    wobble = _smooth_field(rng, shape, 8.0, sp)
+    wobble = smooth_field(rng, shape, 8.0, sp)
     for side in (-1.0, 1.0):
         for ang_deg in (rng.uniform(-60.0, -35.0), rng.uniform(35.0, 60.0)):  # postero- / antero-lateral
             ang = math.radians(ang_deg)
@@ -299,7 +229,7 @@ def make_prostate_case(
     cap_t = rng.uniform(1.4, 2.0)
     capsule = (d_gland >= 0) & (d_gland < cap_t)
     img[capsule] = 0.16 * rng.uniform(0.9, 1.1)
-    gland_tex = _smooth_field(rng, shape, 1.5, sp)
+    gland_tex = smooth_field(rng, shape, 1.5, sp)
     img[pz] = PZ_SIGNAL * (1.0 + 0.03 * gland_tex[pz])
     img[tz] = TZ_SIGNAL * (1.0 + 0.03 * gland_tex[tz] + 0.02 * texture2[tz])
     # faint "surgical capsule" on the PZ side of the TZ boundary
@@ -309,7 +239,7 @@ def make_prostate_case(
     # --- acquisition ----------------------------------------------------------------------------------------------
     psf_mm = np.array([0.35, 0.35, 1.2])
     img = ndimage.gaussian_filter(img, sigma=list(psf_mm / sp), mode="nearest")
-    img *= np.exp(_legendre_bias(rng, shape, degree=3, strength=0.12))
+    img *= np.exp(legendre_bias(rng, shape, degree=3, strength=0.12))
     gain = rng.uniform(400.0, 900.0)
     img *= gain
     sigma = rng.uniform(0.03, 0.05) * GLAND_SIGNAL * gain
@@ -384,8 +314,6 @@ def write_prostate_case(root: Path, entry: dict, source: dict) -> None:
     Raises:
         DataError: the entry or source is malformed.
     """
-    import nibabel as nib
-
     if not isinstance(entry, Mapping):
         raise DataError(f"synthetic prostate: manifest entry must be a mapping, got {type(entry).__name__}")
     if not isinstance(source, Mapping):
@@ -405,13 +333,4 @@ def write_prostate_case(root: Path, entry: dict, source: dict) -> None:
         target = root / entry[key]
         if not target.name.endswith((".nii.gz", ".nii")):
             raise DataError(f"synthetic prostate: entry {entry['id']!r} {key} path must end in .nii.gz: {entry[key]}")
-        nii = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
-        nii.set_data_dtype(dtype)
-        nii.set_qform(affine, code=1)
-        nii.set_sform(affine, code=1)
-        nii.header.set_xyzt_units(xyz="mm")
-        if dtype is np.float32:
-            nii.header["scl_slope"] = 1.0
-            nii.header["scl_inter"] = 0.0
-        with atomic_path(target) as tmp:
-            nib.save(nii, str(tmp))
+        save_nifti(target, data, affine, dtype)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from tests.data.test_importers import _write_dsb, _write_duke
+from tests.data.importers.test_dsb2018 import write_dsb
+from tests.data.importers.test_duke_dme import write_duke
 from tests.utils import REPO
 
 # Only data.manifest matters; the rest make the run take seconds.
@@ -17,8 +18,8 @@ FAST = ["train.epochs=1", "train.iterations_per_epoch=1", "train.batch_size=1", 
 
 
 @pytest.mark.parametrize(("dataset", "writer", "workflow", "manifest_name"), [
-    ("dsb2018", _write_dsb, "unet_cells", "dsb2018.json"),
-    ("duke-dme", _write_duke, "unet_oct", "duke_dme.json"),
+    ("dsb2018", write_dsb, "unet_cells", "dsb2018.json"),
+    ("duke-dme", write_duke, "unet_oct", "duke_dme.json"),
 ])
 def test_import_then_run(tmp_path: Path, dataset: str, writer, workflow: str, manifest_name: str) -> None:
     writer(tmp_path / "src")

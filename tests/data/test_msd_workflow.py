@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from tests.data.test_msd import make_tar, md5_of
+from tests.data.fetchers.helpers import make_tar, md5_of
 from tests.utils import REPO
 
 

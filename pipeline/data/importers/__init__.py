@@ -1,34 +1,17 @@
 """Importers: convert a public data set from its own layout to the pipeline's storage convention plus a manifest.
 
-``import_dataset(name, src, out)`` dispatches by name:
+``import_dataset(name, src, out)`` (``pipeline data import NAME SRC --out DIR``) dispatches by name through
+:data:`IMPORTERS`. Every module of this package is imported when the package is, and registers its importer
+function with ``@IMPORTERS.register("name")``; the module's docstring describes the layout it expects under
+``src`` and its label conventions. Adding a data set is one new module here (and its test): the CLI's choices and
+:func:`import_dataset` pick it up from the registry.
 
-============  ==========================================================  ===========================
-name          expected layout under ``src``                                module
-============  ==========================================================  ===========================
-dsb2018       ``<id>/images/<id>.png`` + ``<id>/masks/*.png``              :mod:`.dsb2018`
-ctc           ``<seq>/tNNN.tif`` + ``<seq>_GT/SEG/man_segNNN[_SSS].tif``   :mod:`.ctc`
-isbi2012      ``train-volume.tif`` + ``train-labels.tif``                  :mod:`.isbi2012`
-duke-dme      ``Subject_NN.mat`` (``2015_BOE_Chiu``)                        :mod:`.duke_dme`
-retouch       ``<volume>/oct.mhd`` + ``<volume>/reference.mhd``             :mod:`.retouch`
-============  ==========================================================  ===========================
-
-Storage convention (shared with the synthetic generators):
-
-* every case is NIfTI; 2D images are 2D arrays ``(X, Y)`` (``X`` = image column, ``Y`` = image row, i.e. the
-  transpose of the usual ``(row, col)`` array, as MONAI's PIL/ITK readers return it), 3D volumes ``(X, Y, Z)``;
-  the affine holds the spacing in **mm** on its diagonal (2D and TIFF/PNG sources), or the source's full geometry
-  (RETOUCH, through SimpleITK);
-* images float32, semantic labels uint8, instance labels uint16 (``instances`` key of the case), OCT layer
-  boundaries as a float32 ``.npy`` array ``(8, X)`` of row positions (``boundaries`` key);
-* files go to ``out/imagesTr``, ``out/labelsTr``, ``out/instancesTr``, ``out/boundariesTr`` (and ``out/imagesTs``
-  for unlabelled images), and the manifest to ``out/<name>.json`` with paths relative to ``out``; it is readable by
-  ``monai.data.load_decathlon_datalist(path, is_segmentation=True, data_list_key=KEY)`` for ``training``,
-  ``validation`` and ``test``.
-
-Splits (:func:`split_cases`): cases (or groups of cases, e.g. all B-scans of one subject, when there are at least 3
-groups) are sorted, shuffled with ``random.Random(seed)`` and cut about 70/10/20 into training / validation / test,
-with at least one validation and one test case (group) once there are 3 or more; training cases get folds 0..4
-round-robin (per group), validation and test cases fold -1.
+An importer is called as ``importer(src, out, **options)`` with ``src`` an existing folder, and returns the path of
+the manifest it wrote, ``out/<name>.json``. It writes cases in the storage convention of
+:mod:`pipeline.data.storage` (NIfTI ``(X, Y[, Z])`` arrays, spacing in mm, ``imagesTr``/``labelsTr``/... folders,
+a MONAI-readable manifest) with the helpers there, and splits the cases with
+:func:`pipeline.data.splits.split_cases` (through :func:`~pipeline.data.storage.write_manifest`): about 70/10/20
+into training / validation / test, training folds 0..4 round-robin, validation and test fold -1.
 
 Every importer rejects a folder that is not in its layout with a :class:`~pipeline.errors.DataError` naming what
 is missing.
@@ -38,51 +21,30 @@ from __future__ import annotations
 
 import importlib
 import os
-import random
-from collections.abc import Callable, Sequence
+import pkgutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.data.splits import rel_to
-from pipeline.data.splits import split_counts as shared_split_counts
 from pipeline.errors import DataError
-from pipeline.io.atomic import atomic_path, write_json
+from pipeline.registry import Registry
 
-__all__ = [
-    "IMPORTERS",
-    "NUM_FOLDS",
-    "import_dataset",
-    "manifest_base",
-    "parse_spacing",
-    "read_2d_or_stack",
-    "rel_to",
-    "save_nifti",
-    "save_npy",
-    "spacing_affine",
-    "split_cases",
-    "split_counts",
-    "write_manifest",
-]
+__all__ = ["IMPORTERS", "Importer", "import_dataset"]
 
-NUM_FOLDS = 5
+Importer = Callable[..., Path]
+"""``importer(src: Path, out: Path, **options) -> manifest path``."""
 
-# dispatch name -> (module, function)
-IMPORTERS: dict[str, tuple[str, str]] = {
-    "dsb2018": ("pipeline.data.importers.dsb2018", "import_dsb2018"),
-    "ctc": ("pipeline.data.importers.ctc", "import_ctc"),
-    "isbi2012": ("pipeline.data.importers.isbi2012", "import_isbi2012"),
-    "duke-dme": ("pipeline.data.importers.duke_dme", "import_duke_dme"),
-    "retouch": ("pipeline.data.importers.retouch", "import_retouch"),
-}
+IMPORTERS: Registry[Importer] = Registry("data set importer")
 
 
 def import_dataset(name: str, src: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any) -> Path:
     """Import the data set ``name`` from ``src`` into ``out``; returns the manifest path ``out/<name>.json``.
 
-    ``name`` is one of :data:`IMPORTERS` (``duke_dme`` is accepted for ``duke-dme``); ``options`` go to the
-    importer (e.g. ``spacing=``, ``seed=``).
+    Args:
+        name: one of ``IMPORTERS.names()`` (``duke_dme`` is accepted for ``duke-dme``, case is ignored).
+        src: the data set's folder as downloaded.
+        out: folder for the converted cases and the manifest.
+        options: passed to the importer (e.g. ``spacing=``, ``seed=``).
 
     Raises:
         DataError: unknown name, or ``src`` is not in the data set's layout.
@@ -91,173 +53,19 @@ def import_dataset(name: str, src: str | os.PathLike[str], out: str | os.PathLik
     if key not in IMPORTERS:
         from pipeline.registry import suggest
 
-        raise DataError(f"unknown data set '{name}' to import; known: {', '.join(sorted(IMPORTERS))}."
-                        f"{suggest(key, sorted(IMPORTERS))}")
+        raise DataError(f"unknown data set '{name}' to import; known: {', '.join(IMPORTERS.names())}."
+                        f"{suggest(key, IMPORTERS.names())}")
     src_path = Path(src).expanduser()
     if not src_path.is_dir():
         raise DataError(f"{name}: source folder {src_path} does not exist or is not a folder")
-    module, func = IMPORTERS[key]
-    importer: Callable[..., Path] = getattr(importlib.import_module(module), func)
-    return importer(src_path, Path(out).expanduser(), **options)
+    return IMPORTERS.get(key)(src_path, Path(out).expanduser(), **options)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Writing helpers
-# ----------------------------------------------------------------------------------------------------------------------
+def _import_all() -> None:
+    """Import every (public) module of this package, so that each registers its importer."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
-def spacing_affine(spacing: Sequence[float]) -> np.ndarray:
-    """4x4 affine with ``spacing`` (mm) on the diagonal and origin 0 (2 or 3 values)."""
-    affine = np.eye(4)
-    for d, s in enumerate(spacing):
-        affine[d, d] = float(s)
-    return affine
-
-
-def save_nifti(target: str | os.PathLike[str], data: np.ndarray, affine: np.ndarray, dtype: Any) -> None:
-    """Write ``data`` as ``dtype`` NIfTI (qform and sform code 1, units mm) to ``target`` atomically."""
-    import nibabel as nib
-
-    dtype = np.dtype(dtype)
-    nii = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
-    nii.set_data_dtype(dtype)
-    nii.set_qform(affine, code=1)
-    nii.set_sform(affine, code=1)
-    nii.header.set_xyzt_units(xyz="mm")
-    if dtype.kind == "f":
-        nii.header["scl_slope"] = 1.0
-        nii.header["scl_inter"] = 0.0
-    with atomic_path(target) as tmp:
-        nib.save(nii, str(tmp))
-
-
-def save_npy(target: str | os.PathLike[str], data: np.ndarray) -> None:
-    """Write ``data`` as ``.npy`` to ``target`` atomically."""
-    with atomic_path(target, suffix=".npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(data), allow_pickle=False)
-
-
-def split_counts(n: int) -> tuple[int, int, int]:
-    """(training, validation, test) sizes for ``n`` items: about 70/10/20, at least one validation and one test
-    item once ``n >= 3`` and always at least one training item."""
-    return shared_split_counts(n, 0.1, 0.2)
-
-
-def split_cases(cases: Sequence[dict[str, Any]], seed: int = 0, group_key: str | None = None) -> dict[str, list]:
-    """Split case dicts (each with ``id``) into ``training`` / ``validation`` / ``test`` and set ``fold``.
-
-    With ``group_key`` and at least 3 distinct groups, whole groups are split (no subject in two splits);
-    otherwise single cases are. Training groups get folds ``0..NUM_FOLDS-1`` round-robin in shuffled order,
-    validation and test cases ``-1``. Each split is sorted by id.
-    """
-    groups: dict[str, list[dict[str, Any]]] = {}
-    use_groups = group_key is not None and len({str(c[group_key]) for c in cases}) >= 3
-    for c in cases:
-        groups.setdefault(str(c[group_key]) if use_groups else str(c["id"]), []).append(c)
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
-    n_train, n_val, _ = split_counts(len(order))
-    parts = {"training": order[:n_train], "validation": order[n_train:n_train + n_val],
-             "test": order[n_train + n_val:]}
-    out: dict[str, list] = {}
-    for split, keys in parts.items():
-        members = []
-        for i, key in enumerate(keys):
-            for c in groups[key]:
-                c["fold"] = i % NUM_FOLDS if split == "training" else -1
-                members.append(c)
-        out[split] = sorted(members, key=lambda c: c["id"])
-    return out
-
-
-def manifest_base(name: str, description: str, *, domain: str, spatial_dims: int, labels: dict[str, str],
-                  channels: dict[str, str], reference: str, licence: str, source: dict[str, Any]) -> dict[str, Any]:
-    """The top-level fields of an imported manifest (splits added by :func:`write_manifest`)."""
-    return {
-        "name": name,
-        "description": description,
-        "reference": reference,
-        "licence": licence,
-        "domain": domain,
-        "spatial_dims": int(spatial_dims),
-        "tensorImageSize": f"{int(spatial_dims)}D",
-        "modality": dict(channels),
-        "channel_names": dict(channels),
-        "labels": dict(labels),
-        "source": dict(source),
-    }
-
-
-_CASE_KEYS = ("image", "label", "instances", "boundaries")
-
-
-def write_manifest(out_file: Path, base: dict[str, Any], cases: Sequence[dict[str, Any]], *, seed: int = 0,
-                   group_key: str | None = None, unlabeled: Sequence[dict[str, Any]] = (),
-                   note: str = "", extra_keys: Sequence[str] = ()) -> dict[str, Any]:
-    """Split ``cases`` (dicts with ``id`` and absolute ``image``/``label``/... paths, ``spacing``) and write the
-    manifest ``out_file`` atomically; paths become relative to its folder. Returns the manifest."""
-    out_file = Path(out_file)
-    folder = out_file.parent
-    if not cases:
-        raise DataError(f"{base.get('name')}: no labelled case found to import")
-    splits = split_cases(list(cases), seed=seed, group_key=group_key)
-
-    def entry(c: dict[str, Any]) -> dict[str, Any]:
-        e: dict[str, Any] = {}
-        for k in _CASE_KEYS:
-            if c.get(k) is not None:
-                e[k] = rel_to(c[k], folder)
-        e["id"] = c["id"]
-        if "fold" in c:
-            e["fold"] = c["fold"]
-        e["spacing"] = [round(float(s), 9) for s in c["spacing"]]
-        for k in extra_keys:
-            if k in c:
-                e[k] = c[k]
-        return e
-
-    manifest = dict(base)
-    manifest["numTraining"] = len(splits["training"])
-    if note:
-        manifest["note"] = note + " Paths are relative to this file's folder."
-    for split in ("training", "validation", "test"):
-        manifest[split] = [entry(c) for c in splits[split]]
-    manifest["unlabeled"] = [
-        {"id": u["id"], "image": rel_to(u["image"], folder),
-         "spacing": [round(float(s), 9) for s in u["spacing"]]}
-        for u in sorted(unlabeled, key=lambda u: u["id"])
-    ]
-    write_json(out_file, manifest)
-    return manifest
-
-
-def parse_spacing(spacing: Any, n: int, default: Sequence[float], what: str) -> tuple[float, ...]:
-    """Validate a user-given spacing (mm): ``n`` positive numbers, or ``None`` for ``default``."""
-    if spacing is None:
-        return tuple(float(s) for s in default)
-    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
-        spacing = [spacing] * n
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise DataError(f"{what}: spacing must be {n} positive numbers (mm), got {spacing!r}") from None
-    if len(values) < n or any(not (v > 0 and np.isfinite(v)) for v in values[:n]):
-        raise DataError(f"{what}: spacing must be {n} positive numbers (mm), got {spacing!r}")
-    return values[:n]
-
-
-def read_2d_or_stack(path: Path, what: str) -> np.ndarray:
-    """Read a PNG (via Pillow) or TIFF (via tifffile) into a numpy array in its native (row, col[, ...]) order."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(str(path)))
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return np.asarray(im)
-    except Exception as exc:  # readers raise many types for corrupt files
-        raise DataError(f"{what}: cannot read {path} ({type(exc).__name__}: {exc}); the file is corrupt or not "
-                        "an image") from None
+_import_all()

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import (
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.storage import (
     manifest_base,
     parse_spacing,
     read_2d_or_stack,
@@ -41,6 +42,7 @@ _GT = re.compile(r"^man_seg(\d+)(?:_(\d+))?\.tiff?$", re.IGNORECASE)
 _RAW = re.compile(r"^t(\d+)\.tiff?$", re.IGNORECASE)
 
 
+@IMPORTERS.register("ctc")
 def import_ctc(src: Path, out: Path, spacing: Any = None, seed: int = 0) -> Path:
     """Convert ``src`` (a CTC training data set folder) into ``out`` and write ``out/ctc.json``.
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import (
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.storage import (
     manifest_base,
     parse_spacing,
     read_2d_or_stack,
@@ -44,6 +45,7 @@ def _grey(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+@IMPORTERS.register("dsb2018")
 def import_dsb2018(src: Path, out: Path, spacing: Any = None, seed: int = 0) -> Path:
     """Convert ``src`` (a DSB 2018 ``stage1_train`` folder) into ``out`` and write ``out/dsb2018.json``.
 

@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import (
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.storage import (
     manifest_base,
     parse_spacing,
     save_nifti,
@@ -101,6 +102,7 @@ def _load(path: Path, grader: int) -> tuple[np.ndarray, np.ndarray, np.ndarray |
     return images, layers, fluid
 
 
+@IMPORTERS.register("duke-dme")
 def import_duke_dme(src: Path, out: Path, grader: int = 1, spacing: Any = None, seed: int = 0) -> Path:
     """Convert ``src`` (the ``2015_BOE_Chiu`` folder) into ``out`` and write ``out/duke_dme.json``.
 

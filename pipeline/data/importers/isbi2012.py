@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pipeline.data.importers import (
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.storage import (
     manifest_base,
     parse_spacing,
     read_2d_or_stack,
@@ -47,6 +48,7 @@ def _stack(path: Path) -> np.ndarray:
     return arr
 
 
+@IMPORTERS.register("isbi2012")
 def import_isbi2012(src: Path, out: Path, spacing: Any = None, seed: int = 0) -> Path:
     """Convert ``src`` (the ISBI 2012 folder) into ``out`` and write ``out/isbi2012.json``.
 

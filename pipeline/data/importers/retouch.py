@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import manifest_base, write_manifest
+from pipeline.data.importers import IMPORTERS
+from pipeline.data.storage import manifest_base, write_manifest
 from pipeline.errors import DataError
 from pipeline.io.atomic import atomic_path
 
@@ -45,6 +46,7 @@ def _write(sitk: Any, image: Any, target: Path) -> None:
         sitk.WriteImage(image, str(tmp), True)
 
 
+@IMPORTERS.register("retouch")
 def import_retouch(src: Path, out: Path, seed: int = 0) -> Path:
     """Convert ``src`` (a RETOUCH set, or a folder of them) into ``out`` and write ``out/retouch.json``.
 

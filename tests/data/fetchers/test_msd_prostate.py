@@ -1,9 +1,7 @@
-"""Tests for pipeline.data.msd: fetching MSD Task05_Prostate, safe extraction and the manifest (no network)."""
+"""Tests for pipeline.data.fetchers.msd_prostate: fetching MSD Task05_Prostate and its manifest (no network)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -14,88 +12,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.data import msd
-from pipeline.data.msd import (
+from pipeline.data.fetchers import msd_prostate as msd
+from pipeline.data.fetchers.msd_prostate import (
     MSD_PROSTATE_MD5,
     MSD_PROSTATE_URL,
     fetch_msd_prostate,
-    safe_extract,
-    split_counts,
     write_msd_manifest,
 )
+from pipeline.data.splits import split_cases
 from pipeline.errors import DataError
+from tests.data.fetchers.helpers import AFFINE, ZOOMS, add_bytes, case_ids, make_dataset, make_tar, md5_of
 
-REPO = Path(__file__).resolve().parents[2]
-
-# A rotated affine with anisotropic zooms (0.6, 0.625, 3.6).
-_ROT = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-ZOOMS = (0.6, 0.625, 3.6)
-AFFINE = np.eye(4)
-AFFINE[:3, :3] = _ROT @ np.diag(ZOOMS)
-AFFINE[:3, 3] = [-12.5, 30.0, 7.25]
-
-
-def _case_ids(n: int) -> list[str]:
-    return [f"prostate_{i:02d}" for i in range(n)]
-
-
-def make_dataset(parent: Path, n_cases: int = 5, n_test: int = 2, apple_double: bool = True) -> Path:
-    """Write a tiny Task05_Prostate folder in MSD's layout under ``parent``; return the folder."""
-    ds = parent / "Task05_Prostate"
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (ds / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    training = []
-    for cid in _case_ids(n_cases):
-        img = rng.random((8, 8, 4, 2), dtype=np.float32)
-        lab = rng.integers(0, 3, size=(8, 8, 4), dtype=np.uint8)
-        nib.save(nib.Nifti1Image(img, AFFINE), ds / "imagesTr" / f"{cid}.nii.gz")
-        nib.save(nib.Nifti1Image(lab, AFFINE), ds / "labelsTr" / f"{cid}.nii.gz")
-        training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
-    test = []
-    for i in range(n_test):
-        cid = f"prostate_{50 + i:02d}"
-        img = rng.random((8, 8, 4, 2), dtype=np.float32)
-        nib.save(nib.Nifti1Image(img, AFFINE), ds / "imagesTs" / f"{cid}.nii.gz")
-        test.append(f"./imagesTs/{cid}.nii.gz")
-    if apple_double:  # macOS resource-fork junk, as found in some MSD archives
-        (ds / "imagesTr" / "._prostate_00.nii.gz").write_bytes(b"\x00\x05\x16\x07junk")
-        (ds / "._dataset.json").write_bytes(b"\x00\x05\x16\x07junk")
-    meta = {
-        "name": "PROSTATE",
-        "description": "Prostate transitional zone and peripheral zone segmentation",
-        "reference": "Radboud University, Nijmegen Medical Centre",
-        "licence": "CC-BY-SA 4.0",
-        "release": "1.0 04/05/2018",
-        "tensorImageSize": "4D",
-        "modality": {"0": "T2", "1": "ADC"},
-        "labels": {"0": "background", "1": "PZ", "2": "TZ"},
-        "numTraining": n_cases,
-        "numTest": n_test,
-        "training": training,
-        "test": test,
-    }
-    (ds / "dataset.json").write_text(json.dumps(meta, indent=4))
-    return ds
-
-
-def make_tar(tmp_path: Path, n_cases: int = 5, prefix: str = "./") -> Path:
-    """A tiny Task05_Prostate.tar in the real layout (members prefixed with ``prefix``)."""
-    src = tmp_path / "src"
-    ds = make_dataset(src, n_cases)
-    tar_path = tmp_path / "upstream" / "Task05_Prostate.tar"
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tar_path, "w") as tar:
-        tar.add(ds, arcname=f"{prefix}Task05_Prostate")
-    return tar_path
-
-
-def md5_of(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _all_files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.exists() else set()
+REPO = Path(__file__).resolve().parents[3]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -132,7 +60,7 @@ def test_fetch_file_url_writes_manifest_monai_reads(tmp_path: Path, prefix: str)
             assert item["spacing"] == pytest.approx(list(ZOOMS), abs=1e-5)
             assert isinstance(item["fold"], int)
             seen.append(item["id"])
-    assert sorted(seen) == _case_ids(6)  # disjoint and covering every labelled case, no '._' junk
+    assert sorted(seen) == case_ids(6)  # disjoint and covering every labelled case, no '._' junk
     assert len(manifest["training"]) == 4 and len(manifest["validation"]) == 1 and len(manifest["test"]) == 1
 
     # paths in the file are relative to the manifest's folder
@@ -223,127 +151,9 @@ def test_fetch_archive_not_found(tmp_path: Path) -> None:
 def test_fetch_rejects_archive_without_dataset_folder(tmp_path: Path) -> None:
     tar_path = tmp_path / "other.tar"
     with tarfile.open(tar_path, "w") as tar:
-        _add_bytes(tar, "Task04_Hippocampus/readme.txt", b"hi")
+        add_bytes(tar, "Task04_Hippocampus/readme.txt", b"hi")
     with pytest.raises(DataError, match="Task05_Prostate"):
         fetch_msd_prostate(tmp_path / "root", archive=tar_path, md5=None, progress=False)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# safe_extract
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _add_link(tar: tarfile.TarFile, name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> None:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = target
-    tar.addfile(info)
-
-
-def _evil_tar(tmp_path: Path, build) -> Path:
-    path = tmp_path / "evil.tar"
-    with tarfile.open(path, "w") as tar:
-        _add_bytes(tar, "Task05_Prostate/dataset.json", b"{}")  # a benign member first
-        build(tar)
-    return path
-
-
-EVIL = {
-    "dotdot": lambda tar, out: _add_bytes(tar, "../evil.txt", b"pwned"),
-    "dotdot_nested": lambda tar, out: _add_bytes(tar, "Task05_Prostate/../../evil.txt", b"pwned"),
-    "absolute": lambda tar, out: _add_bytes(tar, str(out / "evil_abs.txt"), b"pwned"),
-    "symlink_outside": lambda tar, out: _add_link(tar, "Task05_Prostate/link", "../../outside"),
-    "symlink_absolute": lambda tar, out: _add_link(tar, "Task05_Prostate/link", str(out)),
-    "symlink_then_write": lambda tar, out: (
-        _add_link(tar, "Task05_Prostate/up", ".."),
-        _add_link(tar, "Task05_Prostate/up2", "up/.."),
-        _add_bytes(tar, "Task05_Prostate/up2/evil.txt", b"pwned"),
-    ),
-    "hardlink_outside": lambda tar, out: _add_link(tar, "Task05_Prostate/hl", "../outside/x", tarfile.LNKTYPE),
-    "fifo": lambda tar, out: tar.addfile(_typed("Task05_Prostate/fifo", tarfile.FIFOTYPE)),
-    "chardev": lambda tar, out: tar.addfile(_typed("Task05_Prostate/dev", tarfile.CHRTYPE)),
-}
-
-
-def _typed(name: str, kind: bytes) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    return info
-
-
-@pytest.mark.parametrize("case", sorted(EVIL))
-def test_safe_extract_refuses_unsafe_members(tmp_path: Path, case: str) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    dest = tmp_path / "work" / "dest"
-    tar_path = _evil_tar(tmp_path, lambda tar: EVIL[case](tar, outside))
-    before = _all_files(tmp_path)
-    with pytest.raises(DataError) as exc:
-        safe_extract(tar_path, dest)
-    assert str(tar_path) in str(exc.value)
-    assert _all_files(tmp_path) == before  # nothing extracted, nothing written anywhere (dest not even created)
-
-
-def test_fetch_refuses_unsafe_archive(tmp_path: Path) -> None:
-    tar_path = _evil_tar(tmp_path, lambda tar: _add_bytes(tar, "../evil.txt", b"pwned"))
-    root = tmp_path / "root"
-    with pytest.raises(DataError):
-        fetch_msd_prostate(root, url=tar_path.as_uri(), md5=md5_of(tar_path), progress=False)
-    assert not (tmp_path / "evil.txt").exists()
-    assert sorted(p.name for p in root.iterdir()) == ["Task05_Prostate.tar"]
-
-
-def test_safe_extract_allows_internal_links_and_dot_prefix(tmp_path: Path) -> None:
-    tar_path = tmp_path / "ok.tar"
-    with tarfile.open(tar_path, "w") as tar:
-        _add_bytes(tar, "./Task05_Prostate/a.txt", b"a")
-        _add_link(tar, "./Task05_Prostate/sub/link", "../a.txt")
-        _add_link(tar, "Task05_Prostate/hard", "Task05_Prostate/a.txt", tarfile.LNKTYPE)
-    dest = tmp_path / "dest"
-    safe_extract(tar_path, dest)
-    assert (dest / "Task05_Prostate" / "sub" / "link").read_bytes() == b"a"
-    assert (dest / "Task05_Prostate" / "hard").read_bytes() == b"a"
-    assert sorted(p.name for p in dest.iterdir()) == ["Task05_Prostate"]
-
-
-def test_safe_extract_replaces_existing_folder(tmp_path: Path) -> None:
-    dest = tmp_path / "dest"
-    (dest / "Task05_Prostate").mkdir(parents=True)
-    (dest / "Task05_Prostate" / "stale.txt").write_text("old")
-    tar_path = tmp_path / "ok.tar"
-    with tarfile.open(tar_path, "w") as tar:
-        _add_bytes(tar, "Task05_Prostate/new.txt", b"new")
-    safe_extract(tar_path, dest)
-    assert sorted(p.name for p in (dest / "Task05_Prostate").iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in dest.iterdir()) == ["Task05_Prostate"]
-
-
-def test_safe_extract_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tar_path = make_tar(tmp_path, n_cases=3)
-    dest = tmp_path / "dest"
-    real = tarfile.TarFile.extractall
-
-    def interrupted(self, path, *args, **kwargs):
-        real(self, path, *args, **kwargs)  # everything written to the temporary folder...
-        raise KeyboardInterrupt  # ...then the user presses Ctrl-C before it is moved into place
-
-    monkeypatch.setattr(tarfile.TarFile, "extractall", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        safe_extract(tar_path, dest)
-    assert list(dest.iterdir()) == []
-
-
-def test_safe_extract_corrupt_archive(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.tar"
-    bad.write_bytes(b"this is not a tar file" * 100)
-    with pytest.raises(DataError, match="bad.tar"):
-        safe_extract(bad, tmp_path / "dest")
-    assert not (tmp_path / "dest").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,27 +165,23 @@ def test_manifest_splits_32_cases_deterministic(tmp_path: Path) -> None:
     a = write_msd_manifest(ds, tmp_path / "a" / "m.json", seed=0)
     b = write_msd_manifest(ds, tmp_path / "b" / "m.json", seed=0)
     c = write_msd_manifest(ds, tmp_path / "c" / "m.json", seed=1)
-    assert (len(a["training"]), len(a["validation"]), len(a["test"])) == (22, 4, 6)
+    # the importers' 70/10/20 split (pipeline.data.splits), formerly MSD's own 22/4/6
+    assert (len(a["training"]), len(a["validation"]), len(a["test"])) == (23, 3, 6)
     ids = {k: [e["id"] for e in a[k]] for k in ("training", "validation", "test")}
     assert ids == {k: [e["id"] for e in b[k]] for k in ids}
     assert ids != {k: [e["id"] for e in c[k]] for k in ids}
-    assert sorted(sum(ids.values(), [])) == _case_ids(32)
+    assert sorted(sum(ids.values(), [])) == case_ids(32)
     assert all(e["fold"] == -1 for e in a["test"])
-    folds = [e["fold"] for k in ("training", "validation") for e in a[k]]
-    assert sorted(set(folds)) == [0, 1, 2, 3, 4]
+    # folds round-robin over training only, as for every importer (formerly over training + validation)
+    assert all(e["fold"] == -1 for e in a["validation"])
+    assert sorted({e["fold"] for e in a["training"]}) == [0, 1, 2, 3, 4]
+    # exactly the split (and folds) an importer would make of the same case ids
+    shared = split_cases([{"id": i} for i in case_ids(32)], seed=0)
+    assert {k: [(e["id"], e["fold"]) for e in a[k]] for k in ids} == {
+        k: [(e["id"], e["fold"]) for e in shared[k]] for k in ids}
     # relative to the manifest's folder
     assert a["training"][0]["image"].startswith("../Task05_Prostate/imagesTr/")
     assert json.loads((tmp_path / "a" / "m.json").read_text()) == a
-
-
-@pytest.mark.parametrize(
-    ("n", "expected"),
-    [(1, (1, 0, 0)), (2, (2, 0, 0)), (3, (1, 1, 1)), (4, (2, 1, 1)), (6, (4, 1, 1)), (16, (11, 2, 3)),
-     (32, (22, 4, 6))],
-)
-def test_split_counts(n: int, expected: tuple[int, int, int]) -> None:
-    assert split_counts(n) == expected
-    assert sum(split_counts(n)) == n
 
 
 def test_manifest_missing_dataset_json(tmp_path: Path) -> None:

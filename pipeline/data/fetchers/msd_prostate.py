@@ -4,39 +4,31 @@ Back end of ``pipeline data fetch msd-prostate --root DIR``:
 
 1. download ``Task05_Prostate.tar`` into ``DIR`` (through a temporary ``.part`` file, so an interrupted download
    never leaves a truncated archive under the final name) and check its md5; an archive already there with the
-   right md5 is not downloaded again;
+   right md5 is not downloaded again (:mod:`pipeline.data.fetchers.download`);
 2. extract it safely into ``DIR`` (every member is checked before anything is written; members that would land
    outside ``DIR``, links pointing outside it and device/fifo members are refused); extraction goes to a temporary
-   folder inside ``DIR`` whose top-level entries are then renamed into place;
+   folder inside ``DIR`` whose top-level entries are then renamed into place (:mod:`pipeline.data.fetchers.archive`);
 3. write ``DIR/msd_prostate.json``: MSD's ``dataset.json`` extended with our keys (see :func:`write_msd_manifest`).
 
 The manifest is readable by ``monai.data.load_decathlon_datalist(path, is_segmentation=True, data_list_key=KEY)``
 for ``KEY`` in ``training``, ``validation`` and ``test``. MSD's own test images have no labels, so our
-validation and test splits are carved deterministically out of the 32 labelled cases; MSD's test images are listed
-under ``unlabeled``.
+validation and test splits are carved deterministically out of the 32 labelled cases with the importers' split
+(:func:`pipeline.data.splits.split_cases`); MSD's test images are listed under ``unlabeled``.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
-import random
-import re
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.data.splits import rel_to
-from pipeline.data.splits import split_counts as shared_split_counts
+from pipeline.data.fetchers import register_fetcher
+from pipeline.data.fetchers.archive import safe_extract
+from pipeline.data.fetchers.download import check_md5, download
+from pipeline.data.splits import NUM_FOLDS, rel_to, split_cases
 from pipeline.errors import DataError
-from pipeline.io.atomic import atomic_path, write_json
+from pipeline.io.atomic import write_json
 
 MSD_PROSTATE_URL: str = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task05_Prostate.tar"
 MSD_PROSTATE_MD5: str = "35138f08b1efaef89d7424d2bcc928db"
@@ -44,18 +36,11 @@ MSD_PROSTATE_MD5: str = "35138f08b1efaef89d7424d2bcc928db"
 ARCHIVE_NAME = "Task05_Prostate.tar"
 DATASET_FOLDER = "Task05_Prostate"
 MANIFEST_NAME = "msd_prostate.json"
+WORKFLOW = "workflows/vnet_prostate.yaml"
 
 MODALITY: dict[str, str] = {"0": "T2", "1": "ADC"}
 LABELS: dict[str, str] = {"0": "background", "1": "PZ", "2": "TZ"}
 
-# Split proportions of the 32 labelled cases: 22 training / 4 validation / 6 test.
-_REFERENCE_CASES = 32
-_REFERENCE_VALIDATION = 4
-_REFERENCE_TEST = 6
-# Cross-validation folds over the training + validation pool (test cases get fold -1).
-NUM_FOLDS = 5
-
-_CHUNK = 1 << 20
 _FETCH_HINT = "pipeline data fetch msd-prostate --root DIR"
 
 
@@ -88,76 +73,10 @@ def manifest_template() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# download
+# fetch
 
 
-def file_md5(path: Path) -> str:
-    """The hex md5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url: str, target: Path, md5: str | None, progress: bool) -> None:
-    """Download ``url`` to ``target`` through a temporary ``.part`` file, checking ``md5`` before the rename."""
-    from tqdm import tqdm
-
-    advice = (
-        f"Download {url} by hand (browser, curl or wget) and pass it with "
-        f"`{_FETCH_HINT} --archive PATH/{ARCHIVE_NAME}`."
-    )
-    digest = hashlib.md5()
-    with atomic_path(target, suffix=".tar") as part:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                with (
-                    open(part, "wb") as out,
-                    tqdm(
-                        total=total,
-                        unit="B",
-                        unit_scale=True,
-                        unit_divisor=1024,
-                        desc=target.name,
-                        disable=not progress,
-                    ) as bar,
-                ):
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-                if total is not None and part.stat().st_size != total:
-                    raise DataError(
-                        f"download of {url} was cut short ({part.stat().st_size} of {total} bytes). "
-                        f"Run the command again to retry. {advice}"
-                    )
-        except DataError:
-            raise
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise DataError(f"could not download {url}: {reason}. {advice}") from e
-        if md5 is not None and digest.hexdigest() != md5.lower():
-            raise DataError(
-                f"the archive downloaded from {url} has md5 {digest.hexdigest()}, expected {md5.lower()}: the "
-                f"download is corrupt or the file on the server changed. It was not kept; run the command again "
-                f"to retry. {advice}"
-            )
-
-
-def _check_md5(path: Path, md5: str | None, what: str) -> None:
-    if md5 is None:
-        return
-    actual = file_md5(path)
-    if actual != md5.lower():
-        raise DataError(
-            f"{what} {path} has md5 {actual}, expected {md5.lower()}: the file is corrupt, incomplete or a "
-            f"different version. Delete {path} and retry `{_FETCH_HINT}`."
-        )
-
-
+@register_fetcher("msd-prostate", workflow=WORKFLOW)
 def fetch_msd_prostate(
     root: Path,
     *,
@@ -197,13 +116,13 @@ def fetch_msd_prostate(
                 f"archive {tar_path} not found. Pass the path of a downloaded {ARCHIVE_NAME} with --archive, or "
                 f"leave --archive out to download it from {url}."
             )
-        _check_md5(tar_path, md5, "archive")
+        check_md5(tar_path, md5, "archive", _FETCH_HINT)
     else:
         tar_path = root / ARCHIVE_NAME
         if tar_path.is_file():
-            _check_md5(tar_path, md5, "existing archive")
+            check_md5(tar_path, md5, "existing archive", _FETCH_HINT)
         else:
-            _download(url, tar_path, md5, progress)
+            download(url, tar_path, md5, progress=progress, retry=_FETCH_HINT)
 
     dataset_dir = root / DATASET_FOLDER
     if not (dataset_dir / "dataset.json").is_file():
@@ -216,154 +135,6 @@ def fetch_msd_prostate(
     out = root / MANIFEST_NAME
     write_msd_manifest(dataset_dir, out)
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# safe extraction
-
-
-def _is_absolute(name: str) -> bool:
-    return name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None
-
-
-def _resolve(parts: Iterable[str], links: dict[str, str]) -> list[str] | None:
-    """Resolve a member path lexically, relative to the destination, following the archive's own symlinks.
-
-    Returns the components of the resolved path, or ``None`` when it escapes the destination (through ``..``,
-    an absolute link target or a symlink loop).
-    """
-    queue = list(parts)
-    stack: list[str] = []
-    hops = 0
-    while queue:
-        part = queue.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not stack:
-                return None
-            stack.pop()
-            continue
-        stack.append(part)
-        target = links.get("/".join(stack))
-        if target is not None:
-            hops += 1
-            if hops > 40 or _is_absolute(target):
-                return None
-            stack.pop()
-            queue = target.split("/") + queue
-    return stack
-
-
-def _member_problem(member: tarfile.TarInfo, links: dict[str, str]) -> str | None:
-    """Why ``member`` must not be extracted, or ``None`` when it is safe."""
-    name = member.name
-    if not name or "\x00" in name:
-        return f"member {name!r} has an invalid name"
-    if _is_absolute(name):
-        return f"member {name!r} has an absolute path"
-    if member.ischr() or member.isblk() or member.isfifo():
-        return f"member {name!r} is a device or fifo"
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        return f"member {name!r} has an unsupported type ({member.type!r})"
-    parts = PurePosixPath(name).parts
-    if member.issym():
-        parent = _resolve(parts[:-1], links)
-        if parent is None:
-            return f"member {name!r} would be written outside the destination"
-        if _is_absolute(member.linkname) or _resolve([*parent, *member.linkname.split("/")], links) is None:
-            return f"symlink {name!r} points outside the destination ({member.linkname!r})"
-        return None
-    if _resolve(parts, links) is None:
-        return f"member {name!r} would be written outside the destination"
-    if member.islnk():
-        if _is_absolute(member.linkname) or _resolve(member.linkname.split("/"), links) is None:
-            return f"hard link {name!r} points outside the destination ({member.linkname!r})"
-    return None
-
-
-def _open_tar(tar_path: Path) -> tarfile.TarFile:
-    try:
-        return tarfile.open(tar_path, "r:*")
-    except FileNotFoundError as e:
-        raise DataError(f"archive {tar_path} not found.") from e
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(
-            f"archive {tar_path} is not a readable tar file ({e}): it is corrupt or incomplete. Delete it and "
-            f"download it again."
-        ) from e
-
-
-def safe_extract(tar_path: Path, dest: Path) -> None:
-    """Extract ``tar_path`` into ``dest``, refusing unsafe archives.
-
-    Every member is checked before anything is written. An archive with a member whose path resolves outside
-    ``dest`` (absolute paths, ``..``, paths through the archive's own symlinks), a symlink or hard link pointing
-    outside ``dest``, or a device, fifo or other special member is refused with a :class:`DataError` and nothing
-    is extracted.
-
-    Extraction goes into a temporary folder inside ``dest``; only when it has completed are its top-level
-    entries renamed into ``dest`` (replacing entries of the same name), so an interrupted extraction never leaves
-    a half-extracted folder under its final name.
-
-    Raises:
-        DataError: the archive is unreadable or unsafe.
-    """
-    tar_path = Path(tar_path)
-    dest = Path(dest)
-    with _open_tar(tar_path) as tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(
-                f"archive {tar_path} is corrupt or incomplete ({e}). Delete it and download it again."
-            ) from e
-        links: dict[str, str] = {}
-        for m in members:
-            if m.issym() and not _is_absolute(m.name):
-                key = _resolve(PurePosixPath(m.name).parts, {})
-                if key:
-                    links["/".join(key)] = m.linkname
-        problems = [p for p in (_member_problem(m, links) for m in members) if p is not None]
-        if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise DataError(
-                f"refusing to extract {tar_path} into {dest}: {shown}. The archive is corrupt or malicious; "
-                f"nothing was extracted. Delete it and download it again from a trusted source."
-            )
-
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
-        try:
-            try:
-                if hasattr(tarfile, "data_filter"):  # defence in depth (Python >= 3.11.4)
-                    tar.extractall(tmp, members=members, filter="data")
-                else:  # pragma: no cover - older Pythons; members were checked above
-                    tar.extractall(tmp, members=members)
-            except (tarfile.TarError, EOFError) as e:
-                raise DataError(
-                    f"could not extract {tar_path} ({e}): the archive is corrupt, incomplete or unsafe. Delete "
-                    f"it and download it again."
-                ) from e
-            except OSError as e:
-                raise DataError(f"could not extract {tar_path} into {dest}: {e}. Check free disk space.") from e
-            for entry in sorted(tmp.iterdir()):
-                _move_into_place(entry, dest / entry.name, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(src: Path, target: Path, dest: Path) -> None:
-    """Rename ``src`` onto ``target``; an existing ``target`` is moved aside first and deleted afterwards."""
-    if not (target.exists() or target.is_symlink()):
-        os.replace(src, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=dest))
-    try:
-        os.replace(target, old / target.name)
-        os.replace(src, target)
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -397,25 +168,17 @@ def _case_id(path: Path) -> str:
     return name
 
 
-def split_counts(n: int) -> tuple[int, int, int]:
-    """(training, validation, test) sizes for ``n`` labelled cases: 22/4/6 for 32, scaled proportionally.
-
-    With at least 3 cases, validation and test get at least one case each and training keeps at least one;
-    with fewer, all cases are training.
-    """
-    return shared_split_counts(n, _REFERENCE_VALIDATION / _REFERENCE_CASES, _REFERENCE_TEST / _REFERENCE_CASES)
-
-
 def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
     """Build our manifest from an extracted ``Task05_Prostate`` folder and write it atomically to ``out``.
 
     Reads ``dataset_dir/dataset.json`` (MSD format). Every labelled case becomes a dict with ``image`` and
     ``label`` (paths relative to ``out``'s folder), ``id`` (file name without ``.nii.gz``), ``fold`` (int) and
-    ``spacing`` (the 3 spatial zooms of the image's NIfTI header). Cases are sorted by id, shuffled with
-    ``random.Random(seed)`` and cut into ``training`` / ``validation`` / ``test`` (22/4/6 for 32 cases, see
-    :func:`split_counts`); training and validation cases get folds ``0..NUM_FOLDS-1`` round-robin in shuffled
-    order (for cross-validation over that pool), test cases get fold ``-1``. MSD's unlabelled test images are
-    listed under ``unlabeled`` as ``{"id", "image"}`` dicts. macOS ``._*`` entries are ignored.
+    ``spacing`` (the 3 spatial zooms of the image's NIfTI header). The cases are split like the importers'
+    (:func:`pipeline.data.splits.split_cases`): sorted by id, shuffled with ``random.Random(seed)`` and cut about
+    70/10/20 into ``training`` / ``validation`` / ``test`` (23/3/6 for 32 cases); training cases get folds
+    ``0..NUM_FOLDS-1`` round-robin in shuffled order (for cross-validation), validation and test cases fold ``-1``.
+    MSD's unlabelled test images are listed under ``unlabeled`` as ``{"id", "image"}`` dicts. macOS ``._*``
+    entries are ignored.
 
     Returns:
         The manifest written.
@@ -509,18 +272,8 @@ def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
             )
         case["spacing"] = [round(float(z), 6) for z in img.header.get_zooms()[:3]]  # drop float32 noise
 
-    # --- deterministic splits
-    cases.sort(key=lambda c: c["id"])
-    order = list(cases)
-    random.Random(seed).shuffle(order)
-    n_train, n_val, _ = split_counts(len(order))
-    splits = {
-        "training": order[:n_train],
-        "validation": order[n_train : n_train + n_val],
-        "test": order[n_train + n_val :],
-    }
-    pool = splits["training"] + splits["validation"]
-    folds = {c["id"]: i % NUM_FOLDS for i, c in enumerate(pool)}
+    # --- deterministic splits, as for every importer
+    splits = split_cases(cases, seed=seed)
 
     folder = out.parent
     manifest = copy.deepcopy(manifest_template())
@@ -528,8 +281,9 @@ def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
     manifest["note"] = (
         f"Written by `pipeline data fetch msd-prostate` from {ARCHIVE_NAME}. MSD's test images have no labels, so "
         f"validation and test are carved from the {len(cases)} labelled cases (sorted by id, shuffled with seed "
-        f"{seed}); 'fold' is 0..{NUM_FOLDS - 1} over training + validation for cross-validation, -1 for test. "
-        f"MSD's unlabelled test images are under 'unlabeled'. Paths are relative to this file's folder."
+        f"{seed}, cut about 70/10/20 as for every imported data set); 'fold' is 0..{NUM_FOLDS - 1} over training "
+        f"for cross-validation, -1 for validation and test. MSD's unlabelled test images are under 'unlabeled'. "
+        f"Paths are relative to this file's folder."
     )
     for key, members in splits.items():
         manifest[key] = [
@@ -537,10 +291,10 @@ def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
                 "image": rel_to(c["image_path"], folder),
                 "label": rel_to(c["label_path"], folder),
                 "id": c["id"],
-                "fold": folds.get(c["id"], -1),
+                "fold": c["fold"],
                 "spacing": c["spacing"],
             }
-            for c in sorted(members, key=lambda c: c["id"])
+            for c in members
         ]
     manifest["unlabeled"] = [
         {"id": _case_id(p), "image": rel_to(p, folder)} for p in sorted(unlabeled_paths, key=_case_id)
@@ -560,9 +314,6 @@ __all__ = [
     "MSD_PROSTATE_MD5",
     "MSD_PROSTATE_URL",
     "fetch_msd_prostate",
-    "file_md5",
     "manifest_template",
-    "safe_extract",
-    "split_counts",
     "write_msd_manifest",
 ]
