@@ -1,19 +1,39 @@
-"""Segmentation networks, registered by the name a workflow file uses (``model.name``)."""
+"""Segmentation networks, registered by the name a workflow file uses (``model.name``).
+
+Every module of this package is imported when the package is, so adding a model means adding one file that
+decorates its class with ``@MODELS.register("name")`` (see :class:`pipeline.models.protocol.SegmentationModel` for
+what the class must provide) and its test; nothing else lists the models.
+"""
 
 from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
 
 from pipeline.registry import Registry
 
 MODELS: Registry = Registry("model")
 
-# Importing the modules registers their models.
-from pipeline.models import deeplab, fcn, pspnet, unet, vnet  # noqa: E402,F401
 
-__all__ = ["MODELS"]
+
+def _import_submodules() -> None:
+    """Import every module of this package (sorted by name): importing a model's module registers it."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_submodules()
+
+__all__ = ["MODELS", "build_model", "supported_dims"]
 
 
 def supported_dims(name: str) -> tuple[int, ...]:
-    """Spatial dimensions a registered model handles: its ``supported_dims`` attribute, else 2 and 3."""
+    """Spatial dimensions a registered model handles: its ``supported_dims`` attribute, else 2 and 3.
+
+    Raises:
+        KeyError: ``name`` is not registered.
+    """
     return tuple(getattr(MODELS.get(name), "supported_dims", (2, 3)))
 
 
@@ -21,11 +41,17 @@ def build_model(name: str, kwargs: dict, in_channels: int, out_channels: int,  #
                 spatial_dims: int = 3):
     """Construct a registered model; channel counts and spatial dimensions come from the manifest.
 
+    Args:
+        name: the registered name (``model.name``).
+        kwargs: the other keyword arguments of the workflow's ``model`` section.
+        in_channels: image channels.
+        out_channels: classes including background.
+        spatial_dims: 2 or 3; passed on only when the constructor takes ``spatial_dims``.
+
     Raises:
+        KeyError: ``name`` is not registered.
         ValueError: the model does not handle ``spatial_dims``, or rejects an argument.
     """
-    import inspect
-
     cls = MODELS.get(name)
     if spatial_dims not in supported_dims(name):
         raise ValueError(f"model '{name}' handles {' and '.join(map(str, supported_dims(name)))}D images only, "

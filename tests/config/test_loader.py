@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.config.loader import load_workflow
 from pipeline.errors import ConfigError
+from pipeline.models import MODELS
 from tests.utils import REPO, blob_dataset, tiny_workflow
 
 
@@ -65,8 +66,8 @@ def test_unreadable_yaml(tmp_path: Path, text: str, expected: str) -> None:
         ({"train.epochz": 3}, "train.epochz: unknown key"),
         ({"train.epochs": "ten"}, "train.epochs: Input should be a valid integer, got 'ten'"),
         ({"infer.overlap": 1.5}, "infer.overlap:"),
-        ({"model.name": "vnett"}, "model.name: unknown model 'vnett'; known: deeplabv1, deeplabv2, deeplabv3, deeplabv3plus, "
-                                   "fcn16s, fcn32s, fcn8s, pspnet, unet, vnet. Did you mean 'vnet'?"),
+        ({"model.name": "vnett"}, f"model.name: unknown model 'vnett'; known: {', '.join(MODELS.names())}. "
+                                   "Did you mean 'vnet'?"),
         ({"model.widht": 3}, "model.widht: unknown argument for model 'vnet'"),
         ({"model.kernel_size": "five"}, "model.kernel_size:"),
         ({"model.out_channels": 5}, "model.out_channels: set by the pipeline"),

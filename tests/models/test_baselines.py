@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models import MODELS
-from pipeline.models import deeplab, fcn, pspnet, unet  # noqa: F401  (registers the models)
 from pipeline.models.backbones import ResNet, SafeBatchNorm2d, group_count
 from pipeline.models.fcn import FCN, bilinear_kernel, bilinear_upsampling
 
+# The baselines this file tests in detail (``tiny`` knows their width arguments); the contract of every registered
+# model, parametrised over ``MODELS.names()``, is in test_registry.py.
 NAMES = ["unet", "fcn32s", "fcn16s", "fcn8s", "deeplabv1", "deeplabv2", "deeplabv3", "deeplabv3plus", "pspnet"]
 SHAPES = {2: (64, 64), 3: (32, 32, 32)}
 
