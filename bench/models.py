@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.models import MODELS  # noqa: E402
-from pipeline.models import deeplab, fcn, pspnet, unet  # noqa: E402,F401  (registers the baselines)
 
 IN_CHANNELS, CLASSES = 1, 3
 

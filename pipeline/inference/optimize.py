@@ -23,7 +23,7 @@ import sys
 import torch
 from torch import nn
 
-from pipeline.inference.stitch import channels_last
+from pipeline.runtime.sliding_window import channels_last
 
 _INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline.config.schema import InferConfig, PreprocessConfig
 from pipeline.inference.optimize import for_inference
-from pipeline.inference.stitch import LabelSink, ProbabilitySink, argmax_labels, stitch
+from pipeline.runtime.sliding_window import LabelSink, ProbabilitySink, argmax_labels, stitch
 from pipeline.transforms.build import deterministic_transforms
 
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from pipeline.config.schema import InferConfig, PreprocessConfig, Workflow
-from pipeline.inference.predict import select_device
 from pipeline.inference.stage import predict_to_original
 from pipeline.io.scan import write_like
+from pipeline.runtime.device import select_device
 from tests.utils import AFFINES, make_affine, rotation, write_nifti
 
 

@@ -9,7 +9,8 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.losses import LOSSES
 from pipeline.models.vnet import VNet
-from pipeline.training.trainer import check_divisible, compute_loss
+from pipeline.models.shapes import check_divisible
+from pipeline.training.trainer import compute_loss
 
 
 class TwoHeads(nn.Module):

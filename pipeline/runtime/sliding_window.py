@@ -6,7 +6,7 @@ order (first spatial axis slowest) and accumulated into a buffer one window deep
 later window can touch a slab, its probabilities are final and are handed to a *sink* (argmax to labels, or
 probabilities kept in float16). Window positions, padding and the Gaussian weights are MONAI's own
 (``dense_patch_slices``, ``compute_importance_map``), so the result equals MONAI's up to float rounding
-(``tests/inference/test_stitch.py``). The buffer lives on the compute device, so on a GPU the stitching happens
+(``tests/runtime/test_stitch.py``). The buffer lives on the compute device, so on a GPU the stitching happens
 there and only finished slabs travel to host memory.
 """
 
@@ -22,6 +22,8 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 from monai.utils import ensure_tuple_rep, fall_back_tuple
 from torch import nn
+
+from pipeline.config.schema import SlidingWindowConfig
 
 Sink = Callable[[int, int, torch.Tensor], None]
 
@@ -167,3 +169,20 @@ def channels_last(spatial_dims: int) -> torch.memory_format:
     """The channels-last layout for 2D or 3D batches: oneDNN (CPU) and cuDNN run convolutions faster in it;
     :class:`~pipeline.inference.predictor.Predictor` puts the model's weights in it too."""
     return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+
+
+def predict_case(model: nn.Module, image: torch.Tensor, cfg: SlidingWindowConfig, device: torch.device) -> torch.Tensor:
+    """Softmax probabilities ``(K, *spatial)`` (CPU, float32) of one preprocessed channel-first image, with the
+    workflow's sliding-window settings (:func:`stitch`).
+
+    Args:
+        model: network returning logits, in eval mode on ``device``.
+        image: the preprocessed image ``(C, *spatial)``.
+        cfg: window size, overlap, blending and test-time flips (``infer`` or ``train.validation``).
+        device: where the network runs.
+    """
+    sink = ProbabilitySink(image.shape[1:], dtype=torch.float32)
+    stitch(model, image, cfg.roi_size, device, sink, overlap=cfg.overlap, sw_batch_size=cfg.sw_batch_size,
+           mode=cfg.mode, sigma_scale=cfg.sigma_scale, flip_axes=cfg.tta_flip_axes)
+    assert sink.result is not None
+    return sink.result

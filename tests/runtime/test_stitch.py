@@ -7,7 +7,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from pipeline.inference.stitch import LabelSink, ProbabilitySink, stitch
+from pipeline.runtime.sliding_window import LabelSink, ProbabilitySink, stitch
 
 CPU = torch.device("cpu")
 
