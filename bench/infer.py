@@ -3,7 +3,7 @@
 The naive loop is what a MONAI tutorial does, one file after another: ``LoadImaged`` → the same preprocessing
 transforms → ``sliding_window_inference`` (mirrored copies for flip TTA) → ``Invertd`` → ``AsDiscreted(argmax)``
 → the bundle's postprocessing (``KeepLargestConnectedComponentd``) → ``SaveImaged``. Ours is
-:func:`pipeline.inference.cohort.infer_cohort` (prefetch threads, slab stitching on a channels-last inference copy
+:func:`pipeline.cohort.infer_cohort` (prefetch threads, slab stitching on a channels-last inference copy
 of the network, a background writer, geometry checks, report). Both use the same model weights, preprocessing
 and window settings, the model already loaded, on the same synthetic prostate cohort. A third row times our
 sliding window alone (cases prepared beforehand, nothing written): the floor of our loop for this model and these
@@ -138,7 +138,7 @@ def child_naive(bundle_dir: Path, inputs: list[Path], out: Path) -> float:
 def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int) -> float:
     """`pipeline infer`'s engine, in process; returns the seconds of the batch (model already loaded)."""
     from pipeline.bundle import load_bundle
-    from pipeline.inference.cohort import InferOptions, infer_cohort
+    from pipeline.cohort import InferOptions, infer_cohort
 
     bundle = load_bundle(bundle_dir)
     options = InferOptions(output=out, prefetch=prefetch, device="cpu", overwrite=True)
@@ -161,7 +161,7 @@ def child_network(bundle_dir: Path, inputs: list[Path], plain: bool = False) -> 
     from pipeline.bundle import load_bundle
     from pipeline.inference.optimize import tune_allocator
     from pipeline.inference.predictor import Predictor
-    from pipeline.inference.stitch import channels_last
+    from pipeline.runtime.sliding_window import channels_last
     from pipeline.io.scan import read_scan
 
     tune_allocator()  # as infer_cohort does

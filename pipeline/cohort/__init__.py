@@ -1,0 +1,124 @@
+"""Batch inference over a cohort of scans (``pipeline infer``): an application on top of the stages, like
+:mod:`pipeline.bundle`.
+
+The model is loaded once. Cases flow through three steps that overlap: reading + preprocessing (prefetch threads),
+the sliding window (the model's device) and mapping back + writing (a writer thread). A case already done with the
+same input bytes, model and options is skipped; every output is written atomically and checked against its input's
+geometry; a case that fails is reported and the others go on. ``report.json`` and ``report.csv`` list every case.
+
+With ``executor="ray"`` the same per-case work runs in Ray actors (one model per actor, a GPU each when the cluster
+has them); the report is the same.
+
+Modules: :mod:`~pipeline.cohort.inputs` (which scans, one job each), :mod:`~pipeline.cohort.runner` (the per-case
+work), :mod:`~pipeline.cohort.executors` (how the cases run: ``local``, ``ray``) and :mod:`~pipeline.cohort.report`.
+This module imports torch and ITK inside its functions: the command line imports it to build its parser.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.cohort.executors import EXECUTORS
+from pipeline.cohort.report import Row, write_report
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.bundle import Bundle
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class InferOptions:
+    """What ``pipeline infer`` was asked to do (everything but the inputs and the model)."""
+
+    output: Path
+    suffix: str = ""
+    probabilities: bool = False
+    crf: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    prefetch: int = 2
+
+    def key_part(self) -> dict[str, Any]:
+        """The options that change an output's bytes."""
+        return {"suffix": self.suffix, "probabilities": self.probabilities, "crf": self.crf}
+
+
+def infer_cohort(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, executor: str = "local",
+                 ray_address: str | None = None, ray_workers: int | None = None,
+                 progress: bool = True) -> list[Row]:
+    """Run ``bundle`` over ``inputs`` into ``options.output``; returns the report rows (input order).
+
+    Args:
+        executor: a name registered in :data:`~pipeline.cohort.executors.EXECUTORS` (``local``, ``ray``).
+        ray_address: the cluster of the ``ray`` executor (default: the running one, else a local instance).
+        ray_workers: model copies of the ``ray`` executor (default: one per GPU, else one per 4 CPUs).
+
+    Raises:
+        PipelineError: an unknown executor, another batch writing to ``options.output``, nothing to do, or two
+            inputs with one output name. Failures of single cases are rows.
+    """
+    from pipeline.cohort.inputs import STATE_DIR
+    from pipeline.inference.optimize import tune_allocator
+
+    if executor not in EXECUTORS:
+        raise PipelineError(f"--executor: {EXECUTORS.unknown_message(executor)}")
+    tune_allocator()  # process-wide: reuse freed activation buffers (see its docstring)
+    options.output.mkdir(parents=True, exist_ok=True)
+    (options.output / STATE_DIR).mkdir(exist_ok=True)
+    lock = open(options.output / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole batch
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise PipelineError(f"another `pipeline infer` is writing to {options.output}; wait for it or use another "
+                            "--output") from None
+    try:
+        return _infer_locked(bundle, inputs, options, executor, ray_address, ray_workers, progress)
+    finally:
+        lock.close()
+
+
+def _infer_locked(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, executor: str,
+                  ray_address: str | None, ray_workers: int | None, progress: bool) -> list[Row]:
+    from tqdm import tqdm
+
+    from pipeline.cohort.inputs import STATE_DIR, earlier_outputs, plan_jobs
+    from pipeline.io.scan import remove_stale_temporaries
+
+    earlier = earlier_outputs(options.output)
+    inputs = [p for p in inputs if p.resolve() not in earlier]
+    if not inputs:
+        raise PipelineError("no input scans given (earlier outputs in the output folder are not inputs)")
+    stale_found = remove_stale_temporaries(options.output) + remove_stale_temporaries(options.output / STATE_DIR)
+    for stale in stale_found:
+        log.info("removed %s left by an interrupted run", stale)
+    jobs = plan_jobs(inputs, options)
+    meta = {"model": {"name": bundle.name, "path": str(bundle.path), "digest": bundle.digest},
+            "options": {k: str(v) for k, v in asdict(options).items()}, "executor": executor}
+    rows: list[Row] = []
+    bar = tqdm(total=len(jobs), desc="infer", unit="case", disable=not progress, dynamic_ncols=True)
+
+    def on_row(row: Row) -> None:
+        rows.append(row)
+        bar.update(1)
+        bar.set_postfix(failed=sum(r.status == "failed" for r in rows), refresh=False)
+        if row.status == "failed":
+            log.warning("%s: failed: %s", row.case, row.error)
+        write_report(options.output, rows, meta)
+
+    try:
+        EXECUTORS.get(executor)(bundle, options, jobs, on_row, address=ray_address, workers=ray_workers)
+    finally:
+        bar.close()
+        write_report(options.output, rows, meta)
+    return sorted(rows, key=lambda r: r.index)
+
+
+__all__ = ["InferOptions", "infer_cohort"]

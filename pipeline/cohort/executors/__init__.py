@@ -1,0 +1,49 @@
+"""Executors of ``pipeline infer``: how a batch's cases are run, registered by the name ``--executor`` takes.
+
+Every module of this package is imported when the package is, so adding an executor means adding one file whose
+function is decorated with ``@EXECUTORS.register("name")`` (called as :class:`Executor` says) and its test; the
+command line's ``--executor`` choices are the registered names. The modules import torch, Ray and the per-case
+runner inside their functions: the command line imports this package to build its parser.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from pipeline.registry import Registry
+
+if TYPE_CHECKING:
+    from pipeline.bundle import Bundle
+    from pipeline.cohort import InferOptions
+    from pipeline.cohort.inputs import Job
+    from pipeline.cohort.report import Row
+
+
+class Executor(Protocol):
+    """Runs ``jobs`` with ``bundle`` and ``options``, calling ``on_row`` with each case's report row as the case
+    ends (in any order); a case that fails is a ``failed`` row, not an exception.
+
+    Args:
+        address: where the executor's cluster is (``--ray-address``); ``None``: its default.
+        workers: how many model copies run at once (``--ray-workers``); ``None``: the executor's choice.
+    """
+
+    def __call__(self, bundle: Bundle, options: InferOptions, jobs: Sequence[Job], on_row: Callable[[Row], None],
+                 address: str | None = None, workers: int | None = None) -> None: ...
+
+
+EXECUTORS: Registry[Executor] = Registry("executor")
+
+
+def _import_submodules() -> None:
+    """Import every module of this package (sorted by name): importing an executor's module registers it."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_submodules()
+
+__all__ = ["EXECUTORS", "Executor"]
