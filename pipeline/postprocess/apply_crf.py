@@ -13,8 +13,8 @@ import numpy as np
 
 from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError
-from pipeline.inference.predict import select_device
 from pipeline.io.nifti import spacing_of, spatial_ndim
+from pipeline.runtime.device import select_device
 
 AFFINE_TOL = 1e-3
 
@@ -74,12 +74,10 @@ def renormalise(probs: np.ndarray) -> np.ndarray:
 
 
 def params_from(cfg: CRFConfig, **overrides: float) -> Any:
+    """The CRF model's parameters of ``cfg`` (:meth:`CRFParams.from_config`), ``overrides`` replacing some."""
     from pipeline.postprocess.crf import CRFParams
 
-    values = {k: getattr(cfg, k) for k in ("iterations", "smooth_weight", "smooth_sigma_mm", "bilateral_weight",
-                                           "bilateral_sigma_mm", "bilateral_sigma_intensity", "bbox_margin_mm")}
-    values.update(overrides)
-    return CRFParams(**values)
+    return CRFParams.from_config(cfg, **overrides)
 
 
 def run_crf(probs: np.ndarray, image: np.ndarray, spacing: Sequence[float], cfg: CRFConfig,
