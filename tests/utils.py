@@ -98,7 +98,7 @@ def tiny_workflow(path: Path, manifest: Path, **overrides: Any) -> Path:
                        "patch": {"size": [16, 16, 8], "num_samples": 2}},
         "model": {"name": "vnet", "base_channels": 4, "levels": 2, "kernel_size": 3, "convs_per_level": [1, 1]},
         "train": {"epochs": 2, "iterations_per_epoch": 2, "batch_size": 1, "val_every": 1, "progress": False,
-                  "loss": {"name": "dice_ce"}},
+                  "loss": {"name": "dice_ce"}, "validation": {"overlap": 0.25}},  # patch-sized windows
         "infer": {"roi_size": [16, 16, 8], "overlap": 0.25},
         "tracking": {"enabled": False},
     }

@@ -296,12 +296,14 @@ def _check_model_builds(workflow: Workflow) -> list[str]:
     and patch or window sizes it cannot take, are reported before any work starts."""
     from pipeline.errors import PipelineError
     from pipeline.models import build_model
-    from pipeline.training.trainer import check_divisible
+    from pipeline.models.shapes import check_divisible
 
     dims = _manifest_dims(workflow.data.manifest)
+    validation_roi = workflow.train.validation.window(workflow.preprocess.patch.size).roi_size
     problems = [f"{key}: {len(size)} entries, but the data are {dims}D (one entry per spatial axis)"
                 for key, size in (("preprocess.patch.size", workflow.preprocess.patch.size),
                                   ("infer.roi_size", workflow.infer.roi_size),
+                                  ("train.validation.roi_size", validation_roi),
                                   ("preprocess.spacing", workflow.preprocess.spacing or [0] * dims))
                 if len(size) != dims]
     if problems:
@@ -312,7 +314,8 @@ def _check_model_builds(workflow: Workflow) -> list[str]:
         return [f"model: {exc}"]
     try:
         check_divisible(model, {"preprocess.patch.size": workflow.preprocess.patch.size,
-                                "infer.roi_size": workflow.infer.roi_size})
+                                "infer.roi_size": workflow.infer.roi_size,
+                                "train.validation.roi_size": validation_roi})
     except PipelineError as exc:
         return [str(exc)]
     return []

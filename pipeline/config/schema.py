@@ -120,6 +120,44 @@ class ScheduleConfig(Strict):
     power: float = Field(default=0.9, gt=0)
 
 
+class SlidingWindowConfig(Strict):
+    """How a whole image is predicted from windows (MONAI's sliding-window scheme): shared by inference and by the
+    validation during training, which each own their copy."""
+
+    roi_size: list[int] = Field(min_length=2, max_length=3, description="one entry per spatial axis")
+    overlap: float = Field(default=0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(default=1, ge=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    sigma_scale: float = Field(default=0.125, gt=0)
+    tta_flip_axes: list[int] = Field(default_factory=list, description="spatial axes to mirror for test-time augmentation")
+
+    @field_validator("tta_flip_axes")
+    @classmethod
+    def _axes(cls, v: list[int]) -> list[int]:
+        bad = [a for a in v if a not in (0, 1, 2)]
+        if bad:
+            raise ValueError(f"spatial axes are 0, 1 or 2, not {bad}")
+        return v
+
+
+class InferConfig(SlidingWindowConfig):
+    """Sliding-window prediction of the test cases (the infer stage) and of ``pipeline infer``."""
+
+    device: Device = "auto"
+
+
+class ValidationConfig(SlidingWindowConfig):
+    """Sliding-window settings of the validation Dice computed during training (``train.validation``). Owned by
+    the train section, so that changing ``infer`` never retrains; ``roi_size`` defaults to the patch size."""
+
+    roi_size: list[int] | None = Field(  # type: ignore[assignment]
+        default=None, min_length=2, max_length=3, description="one entry per spatial axis (default: the patch size)")
+
+    def window(self, patch_size: list[int]) -> SlidingWindowConfig:
+        """These settings with the window size filled in."""
+        return SlidingWindowConfig(**{**self.model_dump(), "roi_size": list(self.roi_size or patch_size)})
+
+
 class TrainConfig(Strict):
     epochs: int = Field(ge=1)
     iterations_per_epoch: int | None = Field(default=None, ge=1, description="default: one pass over the training cases")
@@ -132,24 +170,9 @@ class TrainConfig(Strict):
     num_workers: int = Field(default=0, ge=0)
     device: Device = "auto"
     progress: bool = True
-
-
-class InferConfig(Strict):
-    roi_size: list[int] = Field(min_length=2, max_length=3, description="one entry per spatial axis")
-    overlap: float = Field(default=0.5, ge=0, lt=1)
-    sw_batch_size: int = Field(default=1, ge=1)
-    mode: Literal["gaussian", "constant"] = "gaussian"
-    sigma_scale: float = Field(default=0.125, gt=0)
-    tta_flip_axes: list[int] = Field(default_factory=list, description="spatial axes to mirror for test-time augmentation")
-    device: Device = "auto"
-
-    @field_validator("tta_flip_axes")
-    @classmethod
-    def _axes(cls, v: list[int]) -> list[int]:
-        bad = [a for a in v if a not in (0, 1, 2)]
-        if bad:
-            raise ValueError(f"spatial axes are 0, 1 or 2, not {bad}")
-        return v
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig,
+        description="sliding-window settings of the validation during training (default: patch-sized windows)")
 
 
 class CRFTuneConfig(Strict):
@@ -162,18 +185,35 @@ class CRFTuneConfig(Strict):
 
 
 class CRFConfig(Strict):
-    """3D fully connected CRF (Kraehenbuehl & Koltun 2011) on the network's probabilities."""
+    """3D fully connected CRF (Kraehenbuehl & Koltun 2011) on the network's probabilities.
 
-    backend: Literal["auto", "torch", "pydensecrf"] = "auto"
-    device: Device = "auto"
-    iterations: int = Field(default=5, ge=1)
-    smooth_weight: float = Field(default=3.0, ge=0)
-    smooth_sigma_mm: float = Field(default=3.0, gt=0)
-    bilateral_weight: float = Field(default=5.0, ge=0)
-    bilateral_sigma_mm: float = Field(default=10.0, gt=0)
-    bilateral_sigma_intensity: float = Field(default=0.5, gt=0, description="in z-scored intensity units")
-    bbox_margin_mm: float | None = Field(default=None, ge=0, description="restrict to the foreground box + margin")
-    tune: CRFTuneConfig | None = None
+    The one definition of the CRF's settings: :class:`pipeline.postprocess.crf.CRFParams` (the kernel parameters
+    the backends take) and the flags of ``pipeline crf`` are derived from these fields, their defaults, constraints
+    and descriptions.
+    """
+
+    backend: Literal["auto", "torch", "pydensecrf"] = Field(
+        default="auto", description="pydensecrf (the reference C++ code, CPU), torch (CPU or CUDA) or auto (torch on "
+        "a CUDA device, else pydensecrf)")
+    device: Device = Field(default="auto", description="device of the torch backend (auto: CUDA when available)")
+    iterations: int = Field(default=5, ge=1, description="mean-field iterations")
+    smooth_weight: float = Field(default=3.0, ge=0, allow_inf_nan=False,
+                                 description="weight of the smoothness (position only) kernel; 0 turns it off")
+    smooth_sigma_mm: float = Field(default=3.0, gt=0, allow_inf_nan=False,
+                                   description="width of the smoothness kernel in mm")
+    bilateral_weight: float = Field(default=5.0, ge=0, allow_inf_nan=False,
+                                    description="weight of the appearance (position + intensity) kernel; 0 turns it "
+                                    "off")
+    bilateral_sigma_mm: float = Field(default=10.0, gt=0, allow_inf_nan=False,
+                                      description="spatial width of the appearance kernel in mm")
+    bilateral_sigma_intensity: float = Field(default=0.5, gt=0, allow_inf_nan=False,
+                                             description="intensity width of the appearance kernel, in z-scored "
+                                             "intensity units")
+    bbox_margin_mm: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="only refine the bounding box of the predicted "
+        "foreground grown by this margin in mm (the argmax outside it); unset: the whole image")
+    tune: CRFTuneConfig | None = Field(default=None, description="grid search of some settings on the validation "
+                                       "cases (null: the values above)")
 
 
 class PostprocessConfig(Strict):

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,12 @@ from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
 from pipeline.errors import PipelineError
-from pipeline.inference.predict import predict_case, select_device
 from pipeline.io.atomic import write_json
 from pipeline.losses import LOSSES
 from pipeline.models import build_model
+from pipeline.models.shapes import check_divisible
+from pipeline.runtime.device import select_device
+from pipeline.runtime.sliding_window import predict_case
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.transforms.build import random_transforms
 
@@ -42,18 +45,6 @@ class TrainResult:
     best_epoch: int
     epochs: int
     history: list[dict[str, float]]
-
-
-def check_divisible(model: nn.Module, sizes: dict[str, list[int]]) -> None:
-    """Patch and window sizes must be divisible by the network's total down-sampling stride."""
-    stride_of = getattr(model, "total_stride", None)
-    if stride_of is None:
-        return
-    stride = stride_of()
-    for what, size in sizes.items():
-        if any(s % f for s, f in zip(size, stride, strict=True)):
-            raise PipelineError(f"{what} {size} must be divisible by the model's total stride {list(stride)} "
-                                f"per axis; change {what} or model.strides/levels")
 
 
 def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -85,11 +76,13 @@ def _schedule(opt: torch.optim.Optimizer, wf: Workflow, total_iters: int) -> tor
 
 def validate(model: nn.Module, data: list[dict[str, Any]], wf: Workflow, device: torch.device,
              num_classes: int) -> float:
-    """Mean foreground Dice over the validation volumes (on the preprocessed grid)."""
+    """Mean foreground Dice over the validation volumes (on the preprocessed grid), with the sliding-window settings
+    of ``train.validation``."""
+    window = wf.train.validation.window(wf.preprocess.patch.size)
     metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
     model.eval()
     for item in data:
-        probs = predict_case(model, item["image"], wf.infer, device)
+        probs = predict_case(model, item["image"], window, device)
         pred = one_hot(probs.argmax(0, keepdim=True)[None], num_classes)
         truth = one_hot(item["label"].long()[None], num_classes)
         metric(pred, truth)
@@ -98,20 +91,22 @@ def validate(model: nn.Module, data: list[dict[str, Any]], wf: Workflow, device:
     return value
 
 
-def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: dict[str, list[dict[str, str]]],
+def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequence[Any]],
           labels: dict[str, str], channels: list[str], resume: bool, spatial_dims: int = 3) -> TrainResult:
-    """Train the workflow's model on the preprocessed ``cases`` and write checkpoints into ``stage_dir``."""
+    """Train the workflow's model on the preprocessed ``cases`` (split → cases with ``image`` and ``label`` paths
+    relative to ``run_dir``) and write checkpoints into ``stage_dir``."""
     cfg, pp = wf.train, wf.preprocess
     device = select_device(cfg.device)
     num_classes = max(int(k) for k in labels) + 1
     set_determinism(seed=wf.seed)
     model_kwargs = wf.model.kwargs()
     model = build_model(wf.model.name, model_kwargs, len(channels), num_classes, spatial_dims).to(device)
-    check_divisible(model, {"preprocess.patch.size": pp.patch.size, "infer.roi_size": wf.infer.roi_size})
+    check_divisible(model, {"preprocess.patch.size": pp.patch.size,
+                            "train.validation.roi_size": cfg.validation.window(pp.patch.size).roi_size})
     loss_fn = LOSSES.get(cfg.loss.name)(**cfg.loss.kwargs())
 
     def files(split: str) -> list[dict[str, str]]:
-        return [{"image": str(run_dir / c["image"]), "label": str(run_dir / c["label"])} for c in cases.get(split, [])]
+        return [{"image": str(run_dir / c.image), "label": str(run_dir / c.label)} for c in cases.get(split, ())]
 
     load = [LoadImaged(keys=("image", "label"), image_only=True), EnsureChannelFirstd(keys=("image", "label"))]
     train_tf = Compose(load + random_transforms(pp, spatial_dims))
