@@ -1,3 +1,3 @@
 """medseg-pipeline: train, run and evaluate medical image segmentation workflows."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

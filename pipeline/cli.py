@@ -28,7 +28,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config.loader import load_workflow
-    from pipeline.engine.runner import run_workflow
+    from pipeline.stages import run_workflow
 
     loaded = load_workflow(args.workflow, args.set)
     result = run_workflow(
@@ -47,12 +47,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from pipeline.data.msd import MSD_PROSTATE_MD5, fetch_msd_prostate
+    from pipeline.data.fetchers import FETCHERS
 
-    manifest = fetch_msd_prostate(Path(args.root), archive=Path(args.archive) if args.archive else None,
-                                  md5=args.md5 or MSD_PROSTATE_MD5, progress=not args.quiet)
+    fetcher = FETCHERS.get(args.dataset)
+    md5 = {"md5": args.md5} if args.md5 else {}  # without --md5, the fetcher's default (the official release's)
+    manifest = fetcher.fetch(Path(args.root), archive=Path(args.archive) if args.archive else None,
+                             progress=not args.quiet, **md5)
     print(f"manifest written: {manifest}")
-    print(f"run the workflow on it with: pipeline run workflows/vnet_prostate.yaml --set data.manifest={manifest}")
+    print(f"run the workflow on it with: pipeline run {fetcher.workflow} --set data.manifest={manifest}")
     return 0
 
 
@@ -60,12 +62,10 @@ def _cmd_crf(args: argparse.Namespace) -> int:
     from pipeline.config.schema import CRFConfig
     from pipeline.io.scan import write_like
     from pipeline.postprocess.apply_crf import load_crf_inputs, run_crf
+    from pipeline.postprocess.crf.params import flag_options
 
     try:
-        cfg = CRFConfig(backend=args.backend, device=args.device, iterations=args.iterations,
-                        smooth_weight=args.smooth_weight, smooth_sigma_mm=args.smooth_sigma_mm,
-                        bilateral_weight=args.bilateral_weight, bilateral_sigma_mm=args.bilateral_sigma_mm,
-                        bilateral_sigma_intensity=args.bilateral_sigma_intensity, bbox_margin_mm=args.bbox_margin_mm)
+        cfg = CRFConfig(**{name: getattr(args, name) for name in flag_options()})
     except ValueError as exc:
         raise PipelineError(f"invalid CRF option: {exc}") from None
     probs, image, spacing, _ = load_crf_inputs(Path(args.probs), Path(args.image), args.num_classes)
@@ -118,8 +118,12 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     import time
 
     from pipeline.bundle import load_bundle, resolve_model
-    from pipeline.inference.cohort import InferOptions, collect_inputs, count_statuses, infer_cohort
-    from pipeline.tracking.inference import finish_inference_run, inference_experiment, start_inference_run
+    from pipeline.cohort import InferOptions, infer_cohort
+    from pipeline.cohort.inputs import collect_inputs
+    from pipeline.cohort.report import count_statuses
+    from pipeline.engine.hooks import HookSet
+    from pipeline.tracking.inference import batch_ended, batch_started, inference_experiment
+    from pipeline.tracking.mlflow_hook import MlflowHook
     from pipeline.tracking.tracker import resolve_tracking_uri
 
     def terminate(signum: int, frame: object) -> None:  # a kill (SIGTERM) cleans up like Ctrl-C
@@ -132,23 +136,23 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="pipeline-model.") as cache:
         bundle = load_bundle(resolve_model(args.model, uri, Path(cache)))
-        tracker = None if args.no_mlflow else start_inference_run(bundle, args.model, len(inputs), options,
-                                                                     args.executor, uri, args.experiment)
+        experiment = args.experiment or inference_experiment(bundle.name)
+        mlflow = None if args.no_mlflow else MlflowHook(experiment, uri)
+        hooks = HookSet([mlflow] if mlflow else [])
+        hooks.run_started(batch_started(bundle, args.model, len(inputs), options, args.executor))
         t0 = time.perf_counter()
         try:
             rows = infer_cohort(bundle, inputs, options, executor=args.executor, ray_address=args.ray_address,
                                 ray_workers=args.ray_workers, progress=not args.quiet)
-        except BaseException as exc:
-            if tracker is not None:  # the run says how it ended; report.json holds the cases finished so far
-                interrupted = isinstance(exc, KeyboardInterrupt)
-                finish_inference_run(tracker, [], time.perf_counter() - t0, options.output,
-                                     status="KILLED" if interrupted else "FAILED",
-                                     error=None if interrupted else str(exc))
+        except BaseException as exc:  # the run says how it ended; report.json holds the cases finished so far
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            hooks.run_ended(batch_ended([], time.perf_counter() - t0, options.output,
+                                        status="KILLED" if interrupted else "FAILED",
+                                        error=None if interrupted else str(exc)))
             raise
-        if tracker is not None:
-            finish_inference_run(tracker, rows, time.perf_counter() - t0, options.output)
-            print(f"tracked in MLflow ({uri}): experiment {args.experiment or inference_experiment(bundle.name)}, "
-                  f"run {tracker.run_id}")
+        hooks.run_ended(batch_ended(rows, time.perf_counter() - t0, options.output))
+        if mlflow is not None and mlflow.run_id and not hooks.failed:
+            print(f"tracked in MLflow ({uri}): experiment {experiment}, run {mlflow.run_id}")
     counts = count_statuses(rows)
     print(f"{counts['written']} written, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
           f"report: {options.output / 'report.csv'}")
@@ -195,15 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", required=True, help="NIfTI of class probabilities, class axis last")
     p.add_argument("--image", required=True, help="the scan the probabilities belong to (same grid)")
     p.add_argument("--out", required=True, help="label map to write (keeps the image's geometry)")
-    p.add_argument("--backend", choices=["auto", "torch", "pydensecrf"], default="auto")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--iterations", type=int, default=5, help="mean-field iterations")
-    p.add_argument("--smooth-weight", type=float, default=3.0)
-    p.add_argument("--smooth-sigma-mm", type=float, default=3.0)
-    p.add_argument("--bilateral-weight", type=float, default=5.0)
-    p.add_argument("--bilateral-sigma-mm", type=float, default=10.0)
-    p.add_argument("--bilateral-sigma-intensity", type=float, default=0.5, help="in z-scored intensity units")
-    p.add_argument("--bbox-margin-mm", type=float, help="only refine the foreground box plus this margin")
+    from pipeline.postprocess.crf.params import flag_options as crf_flag_options
+
+    for name, options in crf_flag_options().items():  # one flag per CRFConfig field (but tune)
+        p.add_argument(f"--{name.replace('_', '-')}", **options)
     p.add_argument("--num-classes", type=int, help="the model's class count; a different count is an error")
     p.set_defaults(func=_cmd_crf)
 
@@ -229,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo cases already done with this model and options")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--prefetch", type=int, default=2, help="cases read and preprocessed ahead (threads)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    from pipeline.cohort.executors import EXECUTORS
+
+    p.add_argument("--executor", choices=EXECUTORS.names(), default="local")
     p.add_argument("--ray-address", help="Ray cluster address (default: a running cluster, else a local one)")
     p.add_argument("--ray-workers", type=int, help="model copies (default: one per GPU, else one per 4 CPUs)")
     p.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ MODEL values and for tracking the "
@@ -248,17 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", help="also write the table as Markdown")
     p.set_defaults(func=_cmd_compare)
 
+    from pipeline.data.fetchers import FETCHERS
+    from pipeline.data.importers import IMPORTERS
+
     p = sub.add_parser("data", help="datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download a public dataset and write its manifest")
-    f.add_argument("dataset", choices=["msd-prostate"])
+    f.add_argument("dataset", choices=FETCHERS.names())
     f.add_argument("--root", required=True, help="folder to download and extract into")
     f.add_argument("--archive", help="use this already downloaded archive instead of downloading")
     f.add_argument("--md5", help="expected md5 of the archive (default: the official release's)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_cmd_fetch)
     i = dsub.add_parser("import", help="convert a dataset folder in its own layout to NIfTI + a manifest")
-    i.add_argument("dataset", choices=["dsb2018", "ctc", "isbi2012", "duke-dme", "retouch"])
+    i.add_argument("dataset", choices=IMPORTERS.names())
     i.add_argument("src", help="the dataset's folder as downloaded")
     i.add_argument("--out", required=True, help="folder for the converted cases and the manifest")
     i.set_defaults(func=_cmd_import)

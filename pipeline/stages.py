@@ -1,14 +1,132 @@
-"""Imports every stage so that it registers itself in :data:`pipeline.engine.stage.STAGES`.
+"""The workflow's stages, assembled: every ``<package>/stage.py`` registers its stage in
+:data:`pipeline.engine.stage.STAGES`; this module imports them, orders them by their ``requires``
+(:func:`pipeline.engine.graph.stage_order`), runs a workflow with its hooks (MLflow when tracking is on) and reads
+finished run folders (:func:`load_run`).
 
-Each stage lives in the folder of its concern: data → transforms → training → inference → postprocess →
-evaluation.
+Stage packages in graph order: ``data`` (prepare) → ``transforms`` (preprocess) → ``training`` (train) →
+``inference`` (infer) → ``postprocess`` → ``evaluation`` (evaluate).
 """
 
-from pipeline.data.stage import PrepareStage
-from pipeline.evaluation.stage import EvaluateStage
-from pipeline.inference.stage import InferStage
-from pipeline.postprocess.stage import PostprocessStage
-from pipeline.training.stage import TrainStage
-from pipeline.transforms.stage import PreprocessStage
+from __future__ import annotations
 
-__all__ = ["EvaluateStage", "InferStage", "PostprocessStage", "PrepareStage", "PreprocessStage", "TrainStage"]
+import importlib
+import importlib.util
+import logging
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import pipeline
+from pipeline.config.loader import LoadedWorkflow
+from pipeline.engine.graph import stage_order
+from pipeline.engine.hooks import Hook, HookSet, Report, RunStarted
+from pipeline.engine.records import RunRecords, read_run
+from pipeline.engine.runner import execute, run_name_hash
+from pipeline.engine.stage import STAGES, Stage
+from pipeline.io.atomic import write_text
+
+log = logging.getLogger("pipeline")
+
+
+def _import_stage_modules() -> None:
+    """Import ``pipeline.<package>.stage`` for every sub-package that has one (each registers its stage)."""
+    for info in pkgutil.iter_modules(pipeline.__path__):
+        if info.ispkg and importlib.util.find_spec(f"pipeline.{info.name}.stage") is not None:
+            importlib.import_module(f"pipeline.{info.name}.stage")
+
+
+def stage_classes() -> list[type[Stage]]:
+    """Every registered stage class, in graph order."""
+    _import_stage_modules()
+    return stage_order({n: STAGES.get(n) for n in STAGES.names()})
+
+
+def stage_names() -> list[str]:
+    """The stage names in graph order (what ``--from`` and ``--only`` accept)."""
+    return [s.name for s in stage_classes()]
+
+
+def run_id(loaded: LoadedWorkflow) -> str:
+    """The run folder's name: a hash of the config of the stages that name the run (training and what it needs)."""
+    return run_name_hash(loaded.workflow, [cls() for cls in stage_classes()])
+
+
+def load_run(run_dir: str | Path) -> RunRecords:
+    """A finished (or partly finished) run folder: its workflow and the typed record of every finished stage.
+
+    Raises:
+        PipelineError: the folder is not a run folder.
+    """
+    return read_run(Path(run_dir), stage_classes())
+
+
+@dataclass
+class RunResult:
+    """What ``pipeline run`` reports."""
+
+    run_dir: Path
+    executed: list[str]
+    reused: list[str]
+    summary: dict[str, Any] | None
+    mlflow_run_id: str | None
+
+
+def default_hooks(loaded: LoadedWorkflow, run_dir: Path) -> list[Hook]:
+    """MLflow when ``tracking.enabled`` (experiment: ``tracking.experiment`` or the workflow's name)."""
+    cfg = loaded.workflow.tracking
+    if not cfg.enabled:
+        return []
+    from pipeline.tracking.mlflow_hook import MlflowHook
+    from pipeline.tracking.tracker import resolve_tracking_uri
+
+    return [MlflowHook(cfg.experiment or loaded.workflow.name, resolve_tracking_uri(cfg.tracking_uri),
+                       tags={"workflow_file": str(loaded.source), "run_dir": str(run_dir)})]
+
+
+def run_workflow(
+    loaded: LoadedWorkflow,
+    run_dir: Path | None = None,
+    from_stage: str | None = None,
+    only: str | None = None,
+    force: bool = False,
+    hooks: list[Hook] | None = None,
+) -> RunResult:
+    """Run (or reuse) every stage of a validated workflow.
+
+    Args:
+        loaded: the validated workflow.
+        run_dir: the run folder (default ``runs/<name>/<run-id>``).
+        from_stage: re-run this stage and every stage that depends on it.
+        only: run just this stage (re-running it); the stages it depends on must be finished.
+        force: re-run every stage.
+        hooks: receive the run's events (default: :func:`default_hooks`).
+
+    Returns:
+        The run folder, which stages ran and which were reused, the summary and the MLflow run id.
+
+    Raises:
+        PipelineError: bad input; a run folder this call created is removed if no stage finished in it.
+    """
+    from pipeline.evaluation.stage import EvaluateRecord
+    from pipeline.tracking.tracker import flatten
+
+    wf = loaded.workflow
+    stages = [cls() for cls in stage_classes()]
+    run_dir = (run_dir or Path("runs") / wf.name / run_name_hash(wf, stages)).resolve()
+    hooks = default_hooks(loaded, run_dir) if hooks is None else hooks
+    resolved = loaded.resolved()
+    workflow_file = run_dir / "workflow.yaml"
+    started = RunStarted(f"{wf.name}-{run_dir.name}", run_dir,
+                         Report(params=flatten(resolved), artifacts=((workflow_file, None),)))
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(workflow_file, yaml.safe_dump(resolved, sort_keys=False))
+    result = execute(wf, stages, run_dir, version=pipeline.__version__, hooks=HookSet(hooks), started=started,
+                     from_stage=from_stage, only=only, force=force, created=created)
+    evaluated = result.records.get("evaluate")
+    summary = evaluated.summary if isinstance(evaluated, EvaluateRecord) else None
+    mlflow_id = next((h.run_id for h in hooks if getattr(h, "run_id", None)), None)
+    return RunResult(run_dir, result.executed, result.reused, summary, mlflow_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import subprocess
@@ -13,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
 from tests.utils import AFFINES, blob_dataset, tiny_workflow, write_nifti
 
 
@@ -139,3 +140,56 @@ def test_malformed_manifest_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert code == 2 and "needs 'image' and 'label'" in err
     assert not (tmp_path / "run").exists()
+
+
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str) -> argparse.Action:
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+def test_infer_executor_choices_are_the_registered_executors() -> None:
+    from pipeline.cohort.executors import EXECUTORS
+
+    action = _flag(_subcommand("infer"), "--executor")
+    assert list(action.choices) == EXECUTORS.names() == ["local", "ray"]
+    assert action.default == "local"
+
+
+def test_crf_flags_are_the_crf_config_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every CRFConfig field but `tune` is a `pipeline crf` flag with the model's default, shown in --help."""
+    from pipeline.config.schema import CRFConfig
+
+    parser = _subcommand("crf")
+    fields = {name: f for name, f in CRFConfig.model_fields.items() if name != "tune"}
+    assert fields
+    for name, field in fields.items():
+        action = _flag(parser, f"--{name.replace('_', '-')}")
+        assert action.dest == name and action.default == field.get_default()
+    assert not any(a.dest == "tune" for a in parser._actions)
+    for kept in ("--probs", "--image", "--out", "--num-classes"):
+        _flag(parser, kept)
+    with pytest.raises(SystemExit):
+        main(["crf", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for name, field in fields.items():
+        assert f"--{name.replace('_', '-')}" in shown and f"(default: {field.get_default()})" in shown
+
+
+@pytest.mark.parametrize("flag", [["--smooth-weight", "-1"], ["--iterations", "0"], ["--bbox-margin-mm", "inf"]])
+def test_bad_crf_flag_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str]) -> None:
+    code = main(["crf", "--probs", str(tmp_path / "p.nii.gz"), "--image", str(tmp_path / "i.nii.gz"),
+                 "--out", str(tmp_path / "out.nii.gz"), *flag])
+    err = capsys.readouterr().err
+    assert code == 2 and "invalid CRF option" in err and flag[0][2:].replace("-", "_") in err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_building_the_parser_imports_no_torch() -> None:
+    """The parser lists registered executors and CRF fields without importing torch (every command pays for it)."""
+    code = "import sys; from pipeline.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"

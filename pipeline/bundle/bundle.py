@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessConfig, Workflow
+from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessConfig
 from pipeline.errors import PipelineError
 from pipeline.training.checkpoint import load_checkpoint
 
@@ -71,36 +70,33 @@ def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwri
     Raises:
         PipelineError: ``run_dir`` is not a finished run, or ``out_dir`` exists and ``overwrite`` is false.
     """
+    from pipeline.data.stage import PrepareRecord
+    from pipeline.postprocess.stage import PostprocessRecord
+    from pipeline.stages import load_run
+    from pipeline.training.stage import TrainRecord
+
     run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir).resolve()
     if out_dir == run_dir or run_dir.is_relative_to(out_dir):
         raise PipelineError(f"--out {out_dir} would replace the run folder {run_dir}; choose a folder outside it")
-    ckpt_path = run_dir / "train" / "best.pt"
-    if not (run_dir / "train" / "_stage.json").is_file() or not ckpt_path.is_file():
-        raise PipelineError(f"{run_dir} is not a finished run (no train/best.pt with a finished train stage); "
-                            "give the run folder `pipeline run` printed")
+    run = load_run(run_dir)
+    train = run.need(TrainRecord, "export")
+    prepare = run.need(PrepareRecord, "export")
     if out_dir.exists() and not overwrite:
         raise PipelineError(f"{out_dir} exists; choose another --out or pass --overwrite")
-    try:
-        wf = Workflow.model_validate(yaml.safe_load((run_dir / "workflow.yaml").read_text()))
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise PipelineError(f"{run_dir / 'workflow.yaml'} cannot be read as a workflow ({exc})") from None
-    ckpt = load_checkpoint(ckpt_path)
-    prepare = _read_json(run_dir / "prepare" / "_stage.json")["outputs"]
-    train = _read_json(run_dir / "train" / "_stage.json")["outputs"]
+    wf = run.workflow
+    ckpt = load_checkpoint(run.path(train.best_checkpoint))
     postprocess = wf.postprocess.model_dump(mode="json")
-    post_record = run_dir / "postprocess" / "_stage.json"
-    if postprocess.get("crf") and post_record.is_file():  # keep the CRF settings tuning chose
-        used = _read_json(post_record)["outputs"].get("crf")
-        if used:
-            postprocess["crf"] = {**used, "tune": None}
+    post = run.get(PostprocessRecord)
+    if postprocess.get("crf") and post is not None and post.crf:  # keep the CRF settings tuning chose
+        postprocess["crf"] = {**post.crf, "tune": None}
     return write_bundle(
         out_dir, name=name or wf.name, model=ckpt["model"], state_dict=ckpt["model_state"], labels=ckpt["labels"],
-        channels=ckpt["channels"], spatial_dims=int(prepare.get("spatial_dims", ckpt["model"].get("spatial_dims", 3))),
+        channels=ckpt["channels"], spatial_dims=prepare.spatial_dims,
         preprocess=wf.preprocess, infer=wf.infer, postprocess=PostprocessConfig.model_validate(postprocess),
         source={"run_dir": str(run_dir), "workflow": wf.name, "epoch": ckpt.get("epoch"),
-                "best_val_dice": train.get("best_dice"), "experiment": wf.tracking.experiment or wf.name,
-                "tracking_uri": wf.tracking.tracking_uri},
-        extra_files={"workflow.yaml": run_dir / "workflow.yaml"}, overwrite=overwrite,
+                "best_val_dice": train.best_val_dice, "best_epoch": train.best_epoch,
+                "experiment": wf.tracking.experiment or wf.name, "tracking_uri": wf.tracking.tracking_uri},
+        extra_files={"workflow.yaml": run.path("workflow.yaml")}, overwrite=overwrite,
     )
 
 

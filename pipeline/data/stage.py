@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
 from pipeline.data.checks import check_cases
 from pipeline.data.generators import GENERATORS
 from pipeline.data.manifest import SPLITS, Manifest, case_id, load_manifest
-from pipeline.engine.stage import STAGES, Stage, StageContext
+from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.errors import DataError
-from pipeline.io.atomic import write_json
 
 
 def manifest_for(workflow: Workflow) -> Manifest:
@@ -43,45 +43,83 @@ def _stat(path: str) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+class CheckedCase(BaseModel):
+    """A case that passed the checks (:mod:`pipeline.data.checks`): absolute paths, grid and channel count."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    split: str
+    image: str
+    label: str
+    shape: list[int]
+    spacing: list[float]
+    channels: int
+    extras: dict[str, str] = {}
+
+
+class PrepareRecord(StageRecord):
+    """The checked cases per split and what the manifest says about them.
+
+    Attributes:
+        manifest: the manifest's path.
+        cases: split (``training``, ``validation``, ``test``) → checked cases.
+        labels: label value → class name (``{0: "background", 1: ...}``).
+        channels: the image channels' names.
+        spatial_dims: 2 or 3.
+        domain: the manifest's ``domain`` (e.g. ``cells``, ``oct``; empty when not given).
+        data_files: size and mtime of every image and label, to notice files changed since they were checked.
+    """
+
+    manifest: str
+    cases: dict[str, tuple[CheckedCase, ...]]
+    labels: dict[int, str]
+    channels: tuple[str, ...]
+    spatial_dims: int
+    domain: str
+    data_files: dict[str, tuple[int, int]]
+
+    @property
+    def num_classes(self) -> int:
+        """Background included: the largest label value + 1."""
+        return max(self.labels) + 1
+
+    def split(self, name: str) -> tuple[CheckedCase, ...]:
+        """The cases of one split (empty when the manifest has none)."""
+        return self.cases.get(name, ())
+
+
 @STAGES.register("prepare")
 class PrepareStage(Stage):
-    """Outputs the checked case list per split, the labels and the channel names."""
+    """Records the checked case list per split, the labels and the channel names."""
 
     name = "prepare"
+    record = PrepareRecord
 
     def config(self, workflow: Workflow) -> Any:
         manifest = Path(workflow.data.manifest)
         return {"data": workflow.data.model_dump(mode="json"),
                 "manifest": manifest.read_text() if manifest.is_file() else None}
 
-    def is_current(self, workflow: Workflow, outputs: dict[str, Any]) -> bool:
+    def is_current(self, workflow: Workflow, record: StageRecord) -> bool:
         """The data files are unchanged since they were checked."""
+        assert isinstance(record, PrepareRecord)
         try:
-            return all(_stat(p) == s for p, s in outputs["data_files"].items())
-        except (OSError, KeyError):
+            return all(tuple(_stat(p)) == tuple(s) for p, s in record.data_files.items())
+        except OSError:
             return False
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> PrepareRecord:
         manifest = manifest_for(ctx.workflow)
         generated = generate_missing(manifest, ctx.workflow.train.progress)
         if generated:
             ctx.log.info("[prepare] generated %d synthetic case(s) in %s", generated, manifest.root)
         infos = check_cases(manifest.all_cases(), manifest)
-        cases = {s: [vars(i) for i in infos if i.split == s] for s in SPLITS}
-        outputs = {
-            "files": ["prepare/cases.json"],
-            "manifest": str(manifest.path),
-            "labels": {str(k): v for k, v in manifest.labels.items()},
-            "channels": manifest.channels,
-            "spatial_dims": manifest.spatial_dims,
-            "domain": manifest.domain,
-            "counts": {s: len(v) for s, v in cases.items()},
-            "data_files": {p: _stat(p) for i in infos for p in (i.image, i.label)},
-        }
-        write_json(ctx.stage_dir / "cases.json", cases)
-        return outputs
-
-
-def load_cases(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """The checked cases per split, as written by the prepare stage."""
-    return json.loads((run_dir / "prepare" / "cases.json").read_text())
+        return PrepareRecord(
+            manifest=str(manifest.path),
+            cases={s: tuple(CheckedCase(**vars(i)) for i in infos if i.split == s) for s in SPLITS},
+            labels=dict(manifest.labels),
+            channels=tuple(manifest.channels),
+            spatial_dims=manifest.spatial_dims,
+            domain=manifest.domain,
+            data_files={p: tuple(_stat(p)) for i in infos for p in (i.image, i.label)},
+        )

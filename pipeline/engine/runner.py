@@ -1,222 +1,181 @@
-"""Runs a workflow's stages in order, reusing every stage whose config and inputs are unchanged.
+"""Runs stages in graph order, reusing every stage whose key (config + inputs + package version) is unchanged.
 
-Layout of a run folder (``runs/<workflow>/<run-id>/`` by default; the id is a hash of the resolved config, so
-rerunning an unchanged workflow lands in the same folder and reuses everything)::
+Layout of a run folder (``runs/<workflow>/<run-id>/`` by default; the id is a hash of the config of the stages
+that name the run, so rerunning an unchanged workflow lands in the same folder and reuses everything)::
 
     workflow.yaml        the resolved workflow
     summary.json         written by the evaluate stage
-    <stage>/_stage.json  reuse key, outputs and timing of a finished stage
+    <stage>/_stage.json  reuse key, identity, typed record and timing of a finished stage
+    <stage>/_started.json  the key of an attempt in progress (an interrupted attempt with the same key resumes)
     <stage>/...          the stage's files
+
+A stage's key covers its own config (:meth:`Stage.config`), its external inputs (:meth:`Stage.fingerprint`), the
+identities of the records it requires and the package version, so an upgrade re-runs every stage. ``--from STAGE``
+is the escape: stages before STAGE whose config and inputs are unchanged are reused even if an older version
+made them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from pipeline.config.loader import LoadedWorkflow
-from pipeline.engine.stage import STAGES, Stage, StageContext
-from pipeline.errors import PipelineError
-from pipeline.io.atomic import write_json, write_text
-from pipeline.tracking.tracker import MlflowTracker, Tracker, flatten, resolve_tracking_uri
+from pipeline.engine.graph import ancestors, check_stage_name, descendants
+from pipeline.engine.hooks import HookSet, RunEnded, RunStarted, StageDone
+from pipeline.engine.records import (
+    RECORD,
+    STARTED,
+    content_id,
+    digest,
+    files_exist,
+    read_finished,
+    read_json,
+)
+from pipeline.config.schema import Workflow
+from pipeline.engine.stage import Stage, StageContext, StageRecord
+from pipeline.io.atomic import write_json
 
 log = logging.getLogger("pipeline")
-
-STAGE_ORDER = ("prepare", "preprocess", "train", "infer", "postprocess", "evaluate")
-RECORD = "_stage.json"
-STARTED = "_started.json"
-# The run folder is named by what training depends on: changing inference, postprocessing or evaluation settings
-# re-runs only those stages in the same folder instead of training again.
-TRAINING_KEYS = ("name", "seed", "data", "preprocess", "model", "train")
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def run_id(loaded: LoadedWorkflow) -> str:
-    """A short hash of the resolved config that training depends on (progress bars excluded)."""
-    cfg = loaded.resolved()
-    ident = {k: cfg[k] for k in TRAINING_KEYS}
-    ident["train"] = {k: v for k, v in ident["train"].items() if k != "progress"}
-    return _hash(ident)[:10]
-
-
-def _stages() -> list[Stage]:
-    import pipeline.stages  # noqa: F401  (registers the stages)
-
-    return [STAGES.get(name)() for name in STAGE_ORDER]
 
 
 @dataclass
 class RunResult:
-    """What ``pipeline run`` reports."""
+    """What ran, what was reused, and every stage's record."""
 
     run_dir: Path
-    executed: list[str]
-    reused: list[str]
-    summary: dict[str, Any] | None
-    mlflow_run_id: str | None
+    executed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    records: dict[str, StageRecord] = field(default_factory=dict)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return rec if isinstance(rec, dict) else None
+def run_name_hash(workflow: Workflow, stages: Sequence[Stage]) -> str:
+    """A short hash of the config of the stages marked ``names_run`` and of every stage they depend on."""
+    graph = {s.name: type(s) for s in stages}
+    named = {s.name for s in stages if s.names_run}
+    for name in list(named):
+        named |= ancestors(name, graph)
+    return digest({"workflow": workflow.name, "stages": {s.name: s.config(workflow) for s in stages
+                                                         if s.name in named}})[:10]
 
 
-def _read_record(stage_dir: Path) -> dict[str, Any] | None:
-    return _read_json(stage_dir / RECORD)
-
-
-def _content_id(run_dir: Path, outputs: dict[str, Any], upstream: dict[str, str]) -> str:
-    """Identity of what a stage produced: its outputs, the bytes of its files and the identities of its inputs
-    (outputs may refer to upstream files). Downstream keys include it, so a re-run that produces the same results
-    does not invalidate later stages."""
-    digests = {}
-    for f in outputs.get("files", []):
-        h = hashlib.sha256()
-        with open(run_dir / f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digests[f] = h.hexdigest()
-    return _hash({"outputs": outputs, "files": digests, "upstream": upstream})
-
-
-def _outputs_exist(run_dir: Path, outputs: dict[str, Any]) -> bool:
-    files = outputs.get("files", [])
-    return all((run_dir / f).exists() for f in files)
-
-
-def _start_tracker(loaded: LoadedWorkflow, run_dir: Path) -> Tracker:
-    cfg = loaded.workflow.tracking
-    if not cfg.enabled:
-        return Tracker()
-    uri = resolve_tracking_uri(cfg.tracking_uri)
-    tracker = MlflowTracker(
-        experiment=cfg.experiment or loaded.workflow.name,
-        tracking_uri=uri,
-        run_name=f"{loaded.workflow.name}-{run_dir.name}",
-        tags={"workflow_file": str(loaded.source), "run_dir": str(run_dir.resolve())},
-    )
-    log.info("MLflow run %s in %s", tracker.run_id, uri)
-    return tracker
-
-
-def run_workflow(
-    loaded: LoadedWorkflow,
-    run_dir: Path | None = None,
+def execute(
+    workflow: Workflow,
+    stages: Sequence[Stage],
+    run_dir: Path,
+    *,
+    version: str,
+    hooks: HookSet | None = None,
+    started: RunStarted | None = None,
     from_stage: str | None = None,
     only: str | None = None,
     force: bool = False,
+    created: bool | None = None,
 ) -> RunResult:
-    """Run (or reuse) every stage of a validated workflow.
+    """Run (or reuse) ``stages`` (already in graph order) of a validated workflow in ``run_dir``.
 
     Args:
-        loaded: the validated workflow.
-        run_dir: the run folder (default ``runs/<name>/<run-id>``).
-        from_stage: re-run this stage and every later one.
-        only: run just this stage (re-running it); earlier stages must be finished.
+        version: the package version, part of every stage key.
+        hooks: receive run started / stage done / run ended; their failures never fail the run.
+        started: the run-started event to emit (default: the run folder's name).
+        from_stage: re-run this stage and every stage that depends on it.
+        only: run just this stage (re-running it); the stages it depends on must be finished.
         force: re-run every stage.
-
-    Returns:
-        The run folder, which stages ran and which were reused, the summary and the MLflow run id.
+        created: whether the caller created ``run_dir`` for this run (default: whether it does not exist yet);
+            such a folder is removed again when the run fails before any stage finished.
 
     Raises:
         PipelineError: bad input; a run folder this call created is removed if no stage finished in it.
     """
-    for opt, value in (("--from", from_stage), ("--only", only)):
-        if value is not None and value not in STAGE_ORDER:
-            raise PipelineError(f"{opt}: unknown stage '{value}'; stages are {', '.join(STAGE_ORDER)}")
-    wf = loaded.workflow
-    run_dir = (run_dir or Path("runs") / wf.name / run_id(loaded)).resolve()
-    created = not run_dir.exists()
+    names = [s.name for s in stages]
+    check_stage_name("--from", from_stage, names)
+    check_stage_name("--only", only, names)
+    graph = {s.name: type(s) for s in stages}
+    rerun_names = set(names) if force else set()
+    if from_stage:
+        rerun_names |= {from_stage} | descendants(from_stage, graph)
+    if only:
+        rerun_names.add(only)
+    wanted = ({only} | ancestors(only, graph)) if only else set(names)
+    escape = from_stage is not None or only is not None  # reuse unchanged earlier stages made by another version
+    hooks = hooks or HookSet()
+    created = not run_dir.exists() if created is None else created
     run_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
-    executed: list[str] = []
-    reused: list[str] = []
-    tracker: Tracker | None = None
-    status = "FAILED"
+    result = RunResult(run_dir)
+    executions: dict[str, str] = {}
+    hooks.run_started(started or RunStarted(run_dir.name, run_dir))
+    status, error = "FAILED", None
     try:
-        for index, stage in enumerate(_stages()):
+        for stage in stages:
+            if stage.name not in wanted:
+                continue
             stage_dir = run_dir / stage.name
-            upstream = {r: results[r] for r in stage.requires}
-            key = _hash(
-                {
-                    "stage": stage.name,
-                    "config": stage.config(wf),
-                    "fingerprint": stage.fingerprint(wf, upstream),
-                    "upstream": {r: results[r]["_execution"] for r in stage.requires},
-                }
-            )
-            rec = _read_record(stage_dir)
-            valid = (
-                rec is not None
-                and rec.get("key") == key
-                and _outputs_exist(run_dir, rec.get("outputs", {}))
-                and stage.is_current(wf, rec["outputs"])
-            )
-            rerun = force or (from_stage is not None and index >= STAGE_ORDER.index(from_stage)) or only == stage.name
-            if only is not None and only != stage.name:
-                if STAGE_ORDER.index(stage.name) > STAGE_ORDER.index(only):
-                    break
-                if not valid:
-                    raise PipelineError(
-                        f"--only {only}: stage '{stage.name}' has not finished with the current config in "
-                        f"{run_dir}; run the workflow without --only first"
-                    )
-            ctx = StageContext(workflow=wf, run_dir=run_dir, stage_dir=stage_dir, upstream=upstream)
-            if valid and not rerun:
-                assert rec is not None
-                results[stage.name] = {**rec["outputs"], "_execution": rec["execution"]}
-                reused.append(stage.name)
-                log.info("[%s] reused (unchanged since %s)", stage.name, rec.get("finished_at", "?"))
+            upstream_ids = {r: executions[r] for r in stage.requires}
+            content_key = digest({"stage": stage.name, "config": stage.config(workflow),
+                                  "fingerprint": stage.fingerprint(workflow), "upstream": upstream_ids})
+            key = digest({"content": content_key, "version": version})
+            done = read_finished(stage_dir, stage)
+            valid = (done is not None and (done.key == key or (escape and stage.name not in rerun_names
+                                                              and done.content_key == content_key))
+                     and files_exist(run_dir, done.record) and stage.is_current(workflow, done.record))
+            ctx = StageContext(workflow=workflow, run_dir=run_dir, stage_dir=stage_dir,
+                               upstream={r: result.records[r] for r in stage.requires})
+            if only is not None and stage.name != only and not valid:
+                raise_unfinished(only, stage.name, run_dir)
+            if valid and stage.name not in rerun_names:
+                assert done is not None
+                if done.version != version:
+                    log.info("[%s] reused: made by version %s (unchanged config and inputs; %s)", stage.name,
+                             done.version, "--from" if from_stage else "--only")
+                record, executions[stage.name], seconds = done.record, done.execution, None
+                result.reused.append(stage.name)
+                log.info("[%s] reused (unchanged since %s)", stage.name, done.finished_at)
             else:
-                started = _read_json(stage_dir / STARTED)
-                ctx.resume = not rerun and started is not None and started.get("key") == key
-                if not ctx.resume and stage_dir.exists():
-                    shutil.rmtree(stage_dir)
-                stage_dir.mkdir(parents=True, exist_ok=True)
-                write_json(stage_dir / STARTED, {"key": key})
-                log.info("[%s] %s", stage.name, "resuming" if ctx.resume else "running")
-                t0 = time.perf_counter()
-                outputs = stage.run(ctx)
-                seconds = time.perf_counter() - t0
-                execution = _content_id(run_dir, outputs, {r: results[r]["_execution"] for r in stage.requires})
-                write_json(
-                    stage_dir / RECORD,
-                    {"key": key, "execution": execution, "outputs": outputs, "seconds": round(seconds, 3),
-                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                )
+                record, seconds = _run_stage(stage, ctx, key, force or stage.name in rerun_names)
+                executions[stage.name] = content_id(run_dir, record, upstream_ids)
+                write_json(stage_dir / RECORD, {
+                    "key": key, "content_key": content_key, "version": version,
+                    "execution": executions[stage.name], "seconds": round(seconds, 3),
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "record": record.model_dump(mode="json"),
+                })
                 (stage_dir / STARTED).unlink(missing_ok=True)
-                results[stage.name] = {**outputs, "_execution": execution}
-                executed.append(stage.name)
+                result.executed.append(stage.name)
                 log.info("[%s] done in %.1f s", stage.name, seconds)
-            if stage.name == "prepare":
-                write_text(run_dir / "workflow.yaml", yaml.safe_dump(loaded.resolved(), sort_keys=False))
-                tracker = _start_tracker(loaded, run_dir)
-                tracker.log_params(flatten(loaded.resolved()))
-                tracker.log_artifact(run_dir / "workflow.yaml")
-            if tracker is not None:
-                stage.track(tracker, ctx, results[stage.name])
+            result.records[stage.name] = record
+            hooks.stage_done(StageDone(stage.name, seconds is None, seconds, stage.report(ctx, record)))
         status = "FINISHED"
-    except BaseException:
-        if created and not any(_read_record(p) for p in run_dir.iterdir() if p.is_dir()):
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status, error = ("KILLED", None) if interrupted else ("FAILED", str(exc) or type(exc).__name__)
+        if created and not any(read_json(p / RECORD) for p in run_dir.iterdir() if p.is_dir()):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
-        if tracker is not None:
-            tracker.end(status)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    return RunResult(run_dir, executed, reused, summary, tracker.run_id if tracker else None)
+        hooks.run_ended(RunEnded(status, error=error))
+    return result
+
+
+def _run_stage(stage: Stage, ctx: StageContext, key: str, rerun: bool) -> tuple[StageRecord, float]:
+    """Run one stage, resuming an interrupted attempt with the same key unless asked to re-run."""
+    started = read_json(ctx.stage_dir / STARTED)
+    ctx.resume = not rerun and started is not None and started.get("key") == key
+    if not ctx.resume and ctx.stage_dir.exists():
+        shutil.rmtree(ctx.stage_dir)
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    write_json(ctx.stage_dir / STARTED, {"key": key})
+    log.info("[%s] %s", stage.name, "resuming" if ctx.resume else "running")
+    t0 = time.perf_counter()
+    record = stage.run(ctx)
+    if not isinstance(record, stage.record):
+        raise TypeError(f"stage '{stage.name}' returned {type(record).__name__}, not its {stage.record.__name__}")
+    return record, time.perf_counter() - t0
+
+
+def raise_unfinished(only: str, name: str, run_dir: Path) -> None:
+    from pipeline.errors import PipelineError
+
+    raise PipelineError(f"--only {only}: stage '{name}' has not finished with the current config in {run_dir}; "
+                        "run the workflow without --only first")

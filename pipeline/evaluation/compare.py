@@ -4,44 +4,35 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.errors import PipelineError
 
 
-def _flat_summary(summary: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part, suffix in ((summary, ""), (summary.get("no_crf"), "_no_crf")):
-        if not part:
-            continue
-        out.update({f"{k}{suffix}": v for k, v in part.items() if k.endswith("_mean")})
-        for name, values in part.get("classes", {}).items():
-            out.update({f"{m}_{name}{suffix}": v for m, v in values.items()})
-    return out
-
-
 def rows_from_run_dirs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """One row per run folder: its workflow, model and the metrics in its ``summary.json``.
+    """One row per run folder: its workflow, model and test metrics (the evaluate stage's record).
 
     Raises:
-        PipelineError: a folder has no ``summary.json`` (the run has not finished its evaluate stage).
+        PipelineError: a folder is not a run folder, or its evaluate stage has not finished.
     """
+    from pipeline.engine.records import read_run
+    from pipeline.evaluation.stage import EvaluateRecord, EvaluateStage, flat_test_metrics
+
     rows = []
     for run_dir in run_dirs:
-        summary_path = Path(run_dir) / "summary.json"
-        if not summary_path.is_file():
-            raise PipelineError(f"{run_dir}: no summary.json; finish the run first (pipeline run ... --run-dir "
-                                f"{run_dir})")
-        summary = json.loads(summary_path.read_text())
-        wf_path = Path(run_dir) / "workflow.yaml"
-        wf = yaml.safe_load(wf_path.read_text()) if wf_path.is_file() else {}
-        rows.append({"run": str(run_dir), "workflow": summary.get("workflow", ""),
-                     "model": (wf.get("model") or {}).get("name", ""), **_flat_summary(summary)})
+        if not (Path(run_dir) / "workflow.yaml").is_file():
+            evaluated = None
+        else:
+            run = read_run(Path(run_dir), [EvaluateStage])
+            evaluated = run.get(EvaluateRecord)
+        if evaluated is None:
+            raise PipelineError(f"{run_dir}: no summary.json (the run has not finished its evaluate stage); finish "
+                                f"the run first (pipeline run ... --run-dir {run_dir})")
+        metrics = {k.removeprefix("test_"): v for k, v in flat_test_metrics(evaluated.summary).items()}
+        rows.append({"run": str(run_dir), "workflow": run.workflow.name, "model": run.workflow.model.name,
+                     **metrics})
     return rows
 
 

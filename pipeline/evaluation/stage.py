@@ -13,47 +13,15 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
-from pipeline.data.stage import load_cases
-from pipeline.engine.stage import STAGES, Stage, StageContext
+from pipeline.data.stage import PrepareRecord
+from pipeline.engine.hooks import Report
+from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
+from pipeline.evaluation.domain_metrics import CASE_LEVEL, domain_rows
 from pipeline.evaluation.figures import overview_png
-from pipeline.evaluation.domain import (
-    boundary_errors,
-    boundary_rows,
-    instance_metrics,
-    instances_by_watershed,
-    instances_from_semantic,
-)
 from pipeline.evaluation.metrics import case_metrics, nanmean
 from pipeline.io.atomic import write_json, write_text
 from pipeline.io.nifti import spacing_of
-from pipeline.tracking.tracker import Tracker
-
-
-# Case-level domain metrics that also go into cases.csv (repeated on each class row of the case).
-CASE_LEVEL = ("instance_f1", "mean_matched_iou", "boundary_mae_px", "boundary_mae_um")
-
-
-def _domain_metrics(domain: str, case: dict[str, Any], truth: np.ndarray, pred: np.ndarray,
-                    spacing: list[float], instances: str = "components") -> list[dict[str, Any]]:
-    """Cells: object F1 at IoU 0.5 and mean matched IoU (instances = connected components or watershed of the
-    prediction;
-    reference instances from the manifest's ``instances`` file when present). OCT B-scans: mean absolute position
-    error of each layer boundary, in pixels and µm (depth along the second axis, as the importers store it)."""
-    if domain.startswith("cell"):
-        extras = case.get("extras", {})
-        ref = (np.asarray(nib.load(extras["instances"]).dataobj) if "instances" in extras
-               else instances_from_semantic(truth, range(1, int(truth.max()) + 1)))
-        split = instances_by_watershed if instances == "watershed" else instances_from_semantic
-        pred_inst = split(pred, range(1, max(int(pred.max()), 1) + 1))
-        m = instance_metrics(pred_inst, ref)
-        return [{"case": case["id"], "instance_f1": m["f1"], "mean_matched_iou": m["mean_matched_iou"],
-                 "n_pred": m["n_pred"], "n_true": m["n_true"]}]
-    if domain.startswith("oct") and truth.ndim == 2:
-        errs = boundary_errors(pred, boundary_rows(truth), axial_mm=spacing[1])
-        px = [v for k, v in errs.items() if k.endswith("_px")]
-        um = [v for k, v in errs.items() if k.endswith("_um")]
-        return [{"case": case["id"], "boundary_mae_px": nanmean(px), "boundary_mae_um": nanmean(um), **errs}]
-    return []
+from pipeline.postprocess.stage import PostprocessRecord
 
 
 def _csv(rows: list[dict[str, Any]], fields: list[str]) -> str:
@@ -76,43 +44,60 @@ def before_after_table(summary: dict[str, Any], metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
+class EvaluateRecord(StageRecord):
+    """The test metrics (also in ``summary.json`` at the run folder's root) and the tables and figure.
+
+    Attributes:
+        summary: ``dice_mean``/``hd95_mean``/... , ``classes`` (per-class means), ``domain`` (domain metric means),
+            and with a CRF ``no_crf`` (the same without it) and ``crf`` (the settings used).
+        cases_csv: per case and class metrics.
+        domain_csv: per case domain metrics (None when the domain has none).
+        overview: the overview figure (None when ``evaluate.figures`` is 0).
+    """
+
+    summary: dict[str, Any]
+    cases_csv: str
+    domain_csv: str | None = None
+    overview: str | None = None
+
+
 @STAGES.register("evaluate")
 class EvaluateStage(Stage):
-    """Outputs the summary (also written to ``summary.json``) and the paths of the table and figure."""
+    """Records the summary (also written to ``summary.json``) and the paths of the tables and figure."""
 
     name = "evaluate"
     requires = ("prepare", "postprocess")
+    record = EvaluateRecord
 
     def config(self, workflow: Workflow) -> Any:
         return workflow.evaluate.model_dump(mode="json")
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> EvaluateRecord:
         wf = ctx.workflow
-        labels: dict[str, str] = ctx.upstream["prepare"]["labels"]
-        num_classes = max(int(k) for k in labels) + 1
-        post = ctx.upstream["postprocess"]
+        prep, post = ctx.need(PrepareRecord), ctx.need(PostprocessRecord)
+        labels = {str(k): v for k, v in prep.labels.items()}
+        num_classes = prep.num_classes
         # "" is the final prediction; with a CRF, "_no_crf" is the same pipeline without it (side by side).
-        variants = {"": post["predictions"]}
-        if "no_crf_predictions" in post:
-            variants["_no_crf"] = post["no_crf_predictions"]
+        variants = {"": post.predictions}
+        if post.no_crf_predictions is not None:
+            variants["_no_crf"] = post.no_crf_predictions
         metrics = list(wf.evaluate.metrics)
-        cases = load_cases(ctx.run_dir)["test"]
-        domain = str(ctx.upstream["prepare"].get("domain", ""))
+        cases = prep.split("test")
         rows: list[dict[str, Any]] = []
-        domain_rows: list[dict[str, Any]] = []
+        domain_table: list[dict[str, Any]] = []
 
         for case in tqdm(cases, desc="evaluate", unit="case", disable=not wf.train.progress):
-            truth_img = nib.load(case["label"])
+            truth_img = nib.load(case.label)
             truth = np.asarray(truth_img.dataobj).astype(np.int64)
-            case_rows = {c: {"case": case["id"], "class": c, "class_name": labels[str(c)]}
+            case_rows = {c: {"case": case.id, "class": c, "class_name": labels[str(c)]}
                          for c in range(1, num_classes)}
             for suffix, preds in variants.items():
-                pred = np.asarray(nib.load(str(ctx.run_dir / preds[case["id"]])).dataobj).astype(np.int64)
+                pred = np.asarray(nib.load(str(ctx.path(preds[case.id]))).dataobj).astype(np.int64)
                 for c, values in case_metrics(pred, truth, num_classes, spacing_of(truth_img), metrics).items():
                     case_rows[c].update({f"{m}{suffix}": v for m, v in values.items()})
                 if not suffix:  # the final prediction
-                    domain_rows.extend(_domain_metrics(domain, case, truth, pred, spacing_of(truth_img),
-                                                       wf.evaluate.instances))
+                    domain_table.extend(domain_rows(prep.domain, case, truth, pred, spacing_of(truth_img),
+                                                    wf.evaluate))
             rows.extend(case_rows.values())
         summary: dict[str, Any] = {"workflow": wf.name, "n_cases": len(cases)}
         for suffix in variants:
@@ -124,38 +109,48 @@ class EvaluateStage(Stage):
                 summary["no_crf"] = part
             else:
                 summary.update(part)
-        if domain_rows:
-            keys = [k for k in domain_rows[0] if k != "case"]
-            summary["domain"] = {k: nanmean([r[k] for r in domain_rows]) for k in keys}
-            write_text(ctx.stage_dir / "cases_domain.csv", _csv(domain_rows, ["case", *keys]))
-        if "crf" in post:
-            summary["crf"] = post["crf"]
+        domain_csv = None
+        if domain_table:
+            keys = [k for k in domain_table[0] if k != "case"]
+            summary["domain"] = {k: nanmean([r[k] for r in domain_table]) for k in keys}
+            domain_csv = "evaluate/cases_domain.csv"
+            write_text(ctx.path(domain_csv), _csv(domain_table, ["case", *keys]))
+        if post.crf is not None:
+            summary["crf"] = post.crf
             ctx.log.info("[evaluate] with vs without CRF:\n%s", before_after_table(summary, metrics))
-        per_case = {r["case"]: {k: v for k, v in r.items() if k in CASE_LEVEL} for r in domain_rows}
+        per_case = {r["case"]: {k: v for k, v in r.items() if k in CASE_LEVEL} for r in domain_table}
         for r in rows:
             r.update(per_case.get(r["case"], {}))
         extra_cols = [k for k in CASE_LEVEL if any(k in v for v in per_case.values())]
         fields = ["case", "class", "class_name"] + [f"{m}{s}" for m in metrics for s in variants] + extra_cols
-        write_text(ctx.stage_dir / "cases.csv", _csv(rows, fields))
-        files = ["evaluate/cases.csv", "summary.json"] + (["evaluate/cases_domain.csv"] if domain_rows else [])
+        cases_csv = "evaluate/cases.csv"
+        write_text(ctx.path(cases_csv), _csv(rows, fields))
+        files = [cases_csv, "summary.json"] + ([domain_csv] if domain_csv else [])
+        overview = None
         if wf.evaluate.figures and cases:
-            shown = [{**c, "pred": str(ctx.run_dir / post["predictions"][c["id"]])}
+            shown = [{**c.model_dump(), "pred": str(ctx.path(post.predictions[c.id]))}
                      for c in cases[: wf.evaluate.figures]]
-            overview_png(shown, labels, ctx.stage_dir / "overview.png")
-            files.append("evaluate/overview.png")
+            overview = "evaluate/overview.png"
+            overview_png(shown, labels, ctx.path(overview))
+            files.append(overview)
         write_json(ctx.run_dir / "summary.json", summary)
-        return {"files": files, "summary": summary}
+        return EvaluateRecord(files=tuple(files), summary=summary, cases_csv=cases_csv, domain_csv=domain_csv,
+                              overview=overview)
 
-    def track(self, tracker: Tracker, ctx: StageContext, outputs: dict[str, Any]) -> None:
-        summary = outputs["summary"]
-        flat: dict[str, float] = {}
-        flat.update({f"test_{k.replace('/', '_')}": v for k, v in summary.get("domain", {}).items()})
-        for part, suffix in ((summary, ""), (summary.get("no_crf"), "_no_crf")):
-            if part is None:
-                continue
-            flat.update({f"test_{k}{suffix}": v for k, v in part.items() if k.endswith("_mean")})
-            for name, values in part["classes"].items():
-                flat.update({f"test_{m}_{name}{suffix}": v for m, v in values.items()})
-        tracker.log_metrics(flat)
-        for f in outputs["files"]:
-            tracker.log_artifact(ctx.run_dir / f, None if f == "summary.json" else "evaluate")
+    def report(self, ctx: StageContext, record: StageRecord) -> Report:
+        assert isinstance(record, EvaluateRecord)
+        artifacts = tuple((ctx.path(f), None if f == "summary.json" else "evaluate") for f in record.files)
+        return Report(metrics=flat_test_metrics(record.summary), artifacts=artifacts)
+
+
+def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The summary as flat ``test_*`` metric names: means, per class, domain metrics, and ``_no_crf`` twins."""
+    flat: dict[str, float] = {}
+    flat.update({f"test_{k.replace('/', '_')}": v for k, v in summary.get("domain", {}).items()})
+    for part, suffix in ((summary, ""), (summary.get("no_crf"), "_no_crf")):
+        if part is None:
+            continue
+        flat.update({f"test_{k}{suffix}": v for k, v in part.items() if k.endswith("_mean")})
+        for name, values in part["classes"].items():
+            flat.update({f"test_{m}_{name}{suffix}": v for m, v in values.items()})
+    return flat

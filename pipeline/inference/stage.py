@@ -9,13 +9,15 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
-from pipeline.data.stage import load_cases
-from pipeline.engine.stage import STAGES, Stage, StageContext
-from pipeline.inference.predict import select_device
+from pipeline.data.stage import PrepareRecord
+from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.inference.predictor import Predictor
 from pipeline.io.scan import write_like, write_probabilities_like
 from pipeline.models import build_model
+from pipeline.models.shapes import check_divisible
+from pipeline.runtime.device import select_device
 from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.stage import TrainRecord
 
 
 def predict_file(predictor: Predictor, image_path: str, probabilities: bool = False
@@ -30,12 +32,27 @@ def predict_to_original(model: Any, image_path: str, wf: Workflow, device: Any, 
     return predict_file(Predictor(model, wf.preprocess, wf.infer, device, spatial_dims), image_path)[0]
 
 
+class InferRecord(StageRecord):
+    """Label maps (and, for the CRF, class probabilities) on each scan's own grid, paths relative to the run folder.
+
+    Attributes:
+        predictions: test case id → label map.
+        probabilities: test case id → class probabilities (class axis last), when the workflow has a CRF.
+        validation_probabilities: validation case id → class probabilities, when the CRF is tuned.
+    """
+
+    predictions: dict[str, str]
+    probabilities: dict[str, str] = {}
+    validation_probabilities: dict[str, str] = {}
+
+
 @STAGES.register("infer")
 class InferStage(Stage):
-    """Outputs one label map per test case (``infer/<id>.nii.gz``) with the scan's shape and affine."""
+    """Records one label map per test case (``infer/<id>.nii.gz``) with the scan's shape and affine."""
 
     name = "infer"
-    requires = ("prepare", "preprocess", "train")
+    requires = ("prepare", "train")
+    record = InferRecord
 
     def config(self, workflow: Workflow) -> Any:
         crf = workflow.postprocess.crf
@@ -43,33 +60,33 @@ class InferStage(Stage):
                 "preprocess": workflow.preprocess.model_dump(mode="json"),
                 "save_probabilities": crf is not None, "predict_validation": crf is not None and crf.tune is not None}
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
+    def run(self, ctx: StageContext) -> InferRecord:
         wf = ctx.workflow
+        prep = ctx.need(PrepareRecord)
         device = select_device(wf.infer.device)
-        ckpt = load_checkpoint(ctx.run_dir / "train" / "best.pt", device)
+        ckpt = load_checkpoint(ctx.path(ctx.need(TrainRecord).best_checkpoint), device)
         m = ckpt["model"]
-        dims = int(ctx.upstream["prepare"].get("spatial_dims", 3))
-        model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], dims)
+        model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], prep.spatial_dims)
         model.load_state_dict(ckpt["model_state"])
-        predictor = Predictor(model, wf.preprocess, wf.infer, device, dims)
+        check_divisible(model, {"infer.roi_size": wf.infer.roi_size})
+        predictor = Predictor(model, wf.preprocess, wf.infer, device, prep.spatial_dims)
         crf = wf.postprocess.crf
-        all_cases = load_cases(ctx.run_dir)
-        todo = [("test", c) for c in all_cases["test"]]
+        todo = [("test", c) for c in prep.split("test")]
         if crf is not None and crf.tune is not None:  # CRF tuning needs the validation cases' probabilities
-            todo += [("validation", c) for c in all_cases.get("validation", [])]
+            todo += [("validation", c) for c in prep.split("validation")]
         out: dict[str, dict[str, str]] = {"predictions": {}, "probabilities": {}, "validation_probabilities": {}}
         for split, case in tqdm(todo, desc="infer", unit="case", disable=not wf.train.progress):
             folder = "infer" if split == "test" else "infer/validation"
-            rel, probs_rel = f"{folder}/{case['id']}.nii.gz", f"{folder}/{case['id']}_probs.nii.gz"
+            rel, probs_rel = f"{folder}/{case.id}.nii.gz", f"{folder}/{case.id}_probs.nii.gz"
             save_probs = crf is not None
-            if not (ctx.resume and (ctx.run_dir / rel).is_file()):
-                labels, probs = predict_file(predictor, case["image"], save_probs)
+            if not (ctx.resume and ctx.path(rel).is_file()):
+                labels, probs = predict_file(predictor, case.image, save_probs)
                 if probs is not None:  # class axis last: the layout `pipeline crf` reads
-                    write_probabilities_like(case["image"], probs, ctx.run_dir / probs_rel)
-                write_like(case["image"], labels, ctx.run_dir / rel)
+                    write_probabilities_like(case.image, probs, ctx.path(probs_rel))
+                write_like(case.image, labels, ctx.path(rel))
             if split == "test":
-                out["predictions"][case["id"]] = rel
+                out["predictions"][case.id] = rel
             if save_probs:
-                out["probabilities" if split == "test" else "validation_probabilities"][case["id"]] = probs_rel
-        files = [f for group in out.values() for f in group.values()]
-        return {"files": files, **out}
+                out["probabilities" if split == "test" else "validation_probabilities"][case.id] = probs_rel
+        files = tuple(f for group in out.values() for f in group.values())
+        return InferRecord(files=files, **out)

@@ -2,37 +2,73 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import Workflow
-from pipeline.engine.stage import STAGES, Stage, StageContext
-from pipeline.tracking.tracker import Tracker
+from pipeline.data.stage import PrepareRecord
+from pipeline.engine.hooks import Report
+from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.training.trainer import load_history, train
+from pipeline.transforms.stage import PreprocessRecord
+
+
+class TrainRecord(StageRecord):
+    """The checkpoints and how training went.
+
+    Attributes:
+        best_checkpoint: the checkpoint of the best validation Dice (the last epoch without validation cases).
+        last_checkpoint: the checkpoint after the last epoch, with optimizer state (training resumes from it).
+        history: per-epoch ``train_loss``, ``lr`` and ``val_dice`` (JSON).
+        best_val_dice: the best validation Dice (None without validation cases).
+        best_epoch: the epoch (1-based) of ``best_checkpoint``.
+        epochs: epochs trained.
+    """
+
+    best_checkpoint: str
+    last_checkpoint: str
+    history: str
+    best_val_dice: float | None
+    best_epoch: int
+    epochs: int
 
 
 @STAGES.register("train")
 class TrainStage(Stage):
-    """Outputs the best and last checkpoints and the per-epoch history."""
+    """Records the best and last checkpoints and the per-epoch history. The run folder is named by this stage's
+    config and its inputs', so inference, postprocessing and evaluation settings share the trained model."""
 
     name = "train"
     requires = ("prepare", "preprocess")
+    record = TrainRecord
+    names_run = True
 
     def config(self, workflow: Workflow) -> Any:
+        """Seed, model, training (with its validation windows) and the preprocessing (patches, augmentation):
+        nothing of ``infer``, ``postprocess`` or ``evaluate``."""
         train = workflow.train.model_dump(mode="json")
         train.pop("progress")
         return {"seed": workflow.seed, "model": workflow.model.model_dump(mode="json"), "train": train,
-                "preprocess": workflow.preprocess.model_dump(mode="json"), "infer": workflow.infer.model_dump(mode="json")}
+                "preprocess": workflow.preprocess.model_dump(mode="json")}
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        prep = ctx.upstream["prepare"]
-        result = train(ctx.workflow, ctx.run_dir, ctx.stage_dir, ctx.upstream["preprocess"]["cases"],
-                       prep["labels"], prep["channels"], ctx.resume, int(prep.get("spatial_dims", 3)))
-        return {"files": ["train/best.pt", "train/last.pt", "train/history.json"],
-                "best_val_dice": result.best_dice, "best_epoch": result.best_epoch, "epochs": result.epochs}
+    def run(self, ctx: StageContext) -> TrainRecord:
+        prep = ctx.need(PrepareRecord)
+        result = train(ctx.workflow, ctx.run_dir, ctx.stage_dir, ctx.need(PreprocessRecord).cases,
+                       {str(k): v for k, v in prep.labels.items()}, list(prep.channels), ctx.resume,
+                       prep.spatial_dims)
+        files = ("train/best.pt", "train/last.pt", "train/history.json")
+        return TrainRecord(files=files, best_checkpoint=files[0], last_checkpoint=files[1], history=files[2],
+                           best_val_dice=result.best_dice if result.best_dice >= 0 else None,
+                           best_epoch=result.best_epoch, epochs=result.epochs)
 
-    def track(self, tracker: Tracker, ctx: StageContext, outputs: dict[str, Any]) -> None:
-        for row in load_history(ctx.stage_dir):
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-        tracker.log_metrics({"best_val_dice": outputs["best_val_dice"], "best_epoch": outputs["best_epoch"]})
+    def report(self, ctx: StageContext, record: StageRecord) -> Report:
+        assert isinstance(record, TrainRecord)
+        series = tuple((int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+                       for row in load_history(ctx.path(record.history).parent))
+        metrics: dict[str, float] = {"best_epoch": record.best_epoch}
+        if record.best_val_dice is not None:
+            metrics["best_val_dice"] = record.best_val_dice
+        artifacts: tuple[tuple[Path, str | None], ...] = ()
         if ctx.workflow.tracking.log_checkpoint:
-            tracker.log_artifact(ctx.stage_dir / "best.pt", "checkpoints")
+            artifacts = ((ctx.path(record.best_checkpoint), "checkpoints"),)
+        return Report(metrics=metrics, series=series, artifacts=artifacts)

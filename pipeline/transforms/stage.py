@@ -10,11 +10,12 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import Compose
+from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
-from pipeline.data.stage import load_cases
-from pipeline.engine.stage import STAGES, Stage, StageContext
+from pipeline.data.stage import PrepareRecord
+from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.io.atomic import atomic_path
 from pipeline.transforms.build import deterministic_transforms
 
@@ -33,30 +34,45 @@ def save_channel_first(array: torch.Tensor | np.ndarray, affine: Any, target: Pa
         nib.save(img, str(tmp))
 
 
+class PreprocessedCase(BaseModel):
+    """One preprocessed case: NIfTI image (channels last) and label, paths relative to the run folder."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str
+    image: str
+    label: str
+
+
+class PreprocessRecord(StageRecord):
+    """The preprocessed training and validation cases, by split."""
+
+    cases: dict[str, tuple[PreprocessedCase, ...]]
+
+
 @STAGES.register("preprocess")
 class PreprocessStage(Stage):
-    """Outputs the preprocessed training and validation cases (paths relative to the run folder)."""
+    """Records the preprocessed training and validation cases (paths relative to the run folder)."""
 
     name = "preprocess"
     requires = ("prepare",)
+    record = PreprocessRecord
 
     def config(self, workflow: Workflow) -> Any:
         cfg = workflow.preprocess.model_dump(mode="json")
         return {k: cfg[k] for k in ("orientation", "spacing", "intensity", "crop_foreground", "crop_margin")}
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        cases = load_cases(ctx.run_dir)
-        dims = int(ctx.upstream["prepare"].get("spatial_dims", 3))
-        transform = Compose(deterministic_transforms(ctx.workflow.preprocess, spatial_dims=dims))
-        out: dict[str, list[dict[str, Any]]] = {}
-        todo = [(s, c) for s in SPLITS for c in cases.get(s, [])]
+    def run(self, ctx: StageContext) -> PreprocessRecord:
+        prep = ctx.need(PrepareRecord)
+        transform = Compose(deterministic_transforms(ctx.workflow.preprocess, spatial_dims=prep.spatial_dims))
+        out: dict[str, list[PreprocessedCase]] = {}
+        todo = [(s, c) for s in SPLITS for c in prep.split(s)]
         for split, case in tqdm(todo, desc="preprocess", unit="case", disable=not ctx.workflow.train.progress):
-            image_rel = f"preprocess/{case['id']}_image.nii"
-            label_rel = f"preprocess/{case['id']}_label.nii"
-            if not (ctx.resume and (ctx.run_dir / label_rel).is_file()):
-                d = transform({"image": case["image"], "label": case["label"]})
-                save_channel_first(d["image"], d["image"].affine, ctx.run_dir / image_rel, np.float32)
-                save_channel_first(d["label"], d["label"].affine, ctx.run_dir / label_rel, np.uint8)
-            out.setdefault(split, []).append({"id": case["id"], "image": image_rel, "label": label_rel})
-        files = [e[k] for v in out.values() for e in v for k in ("image", "label")]
-        return {"files": files, "cases": out}
+            done = PreprocessedCase(id=case.id, image=f"preprocess/{case.id}_image.nii",
+                                    label=f"preprocess/{case.id}_label.nii")
+            if not (ctx.resume and ctx.path(done.label).is_file()):
+                d = transform({"image": case.image, "label": case.label})
+                save_channel_first(d["image"], d["image"].affine, ctx.path(done.image), np.float32)
+                save_channel_first(d["label"], d["label"].affine, ctx.path(done.label), np.uint8)
+            out.setdefault(split, []).append(done)
+        files = tuple(f for v in out.values() for e in v for f in (e.image, e.label))
+        return PreprocessRecord(files=files, cases={s: tuple(v) for s, v in out.items()})

@@ -41,6 +41,17 @@ def test_bundle_is_self_contained_and_versioned(exported):
     assert bundle.num_classes == 3 and not bundle.model.training
 
 
+def test_bundle_records_the_runs_real_best_validation_dice(exported, tiny_run):
+    out, meta, _ = exported
+    run_dir, _, _ = tiny_run
+    history = json.loads((run_dir / "train" / "history.json").read_text())
+    best = max(history, key=lambda row: row.get("val_dice", -1.0))
+    assert isinstance(meta["source"]["best_val_dice"], float)
+    assert meta["source"]["best_val_dice"] == best["val_dice"] and meta["source"]["best_epoch"] == best["epoch"]
+    assert torch.load(out / "weights.pt", weights_only=True).keys() == torch.load(
+        run_dir / "train" / "best.pt", weights_only=True)["model_state"].keys()
+
+
 def test_infer_matches_the_run_and_mlflow_uris_work(exported, tiny_run, tmp_path):
     out, _, uri = exported
     run_dir, manifest, _ = tiny_run

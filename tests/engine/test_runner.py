@@ -12,7 +12,7 @@ import torch
 
 import pipeline.training.trainer as trainer
 from pipeline.config.loader import load_workflow
-from pipeline.engine.runner import STAGE_ORDER, run_workflow
+from pipeline.stages import run_workflow, stage_names
 from pipeline.errors import PipelineError
 from tests.utils import blob_dataset, tiny_workflow, write_nifti
 
@@ -30,9 +30,9 @@ def run(wf: Path, run_dir: Path, overrides: list[str] | None = None, **kw):  # t
 def test_rerun_reuses_every_stage(setup: tuple[Path, Path]) -> None:
     wf, run_dir = setup
     first = run(wf, run_dir)
-    assert first.executed == list(STAGE_ORDER)
+    assert first.executed == stage_names()
     second = run(wf, run_dir)
-    assert second.executed == [] and second.reused == list(STAGE_ORDER)
+    assert second.executed == [] and second.reused == stage_names()
     assert second.summary == first.summary
     assert not list(run_dir.rglob("*.part*")), "temporary files left behind"
 
@@ -41,7 +41,10 @@ def test_only_what_changed_reruns(setup: tuple[Path, Path]) -> None:
     wf, run_dir = setup
     run(wf, run_dir)
     assert run(wf, run_dir, ["evaluate.figures=1"]).executed == ["evaluate"]
-    r = run(wf, run_dir, ["evaluate.figures=1", "train.epochs=3"])
+    inference_only = run(wf, run_dir, ["evaluate.figures=1", "infer.overlap=0.6"])  # never retrains
+    assert inference_only.executed == ["infer", "postprocess", "evaluate"]
+    assert inference_only.reused == ["prepare", "preprocess", "train"]
+    r = run(wf, run_dir, ["evaluate.figures=1", "infer.overlap=0.6", "train.epochs=3"])
     assert r.executed == ["train", "infer", "postprocess", "evaluate"]
     assert r.reused == ["prepare", "preprocess"]
 
@@ -55,7 +58,7 @@ def test_only_from_and_force(setup: tuple[Path, Path]) -> None:
     # infer produced the same files, so later stages stay valid
     assert run(wf, run_dir).executed == []
     assert run(wf, run_dir, from_stage="postprocess").executed == ["postprocess", "evaluate"]
-    assert run(wf, run_dir, force=True).executed == list(STAGE_ORDER)
+    assert run(wf, run_dir, force=True).executed == stage_names()
     with pytest.raises(PipelineError, match="unknown stage"):
         run(wf, run_dir, only="training")
 
@@ -112,7 +115,7 @@ def test_default_run_dir_is_named_by_config(setup: tuple[Path, Path], tmp_path: 
     r = run_workflow(load_workflow(wf), run_dir=None)
     assert r.run_dir.parent == (tmp_path / "runs" / "tiny").resolve()
     other = load_workflow(wf, ["train.epochs=1"])
-    from pipeline.engine.runner import run_id
+    from pipeline.stages import run_id
 
     assert run_id(other) != r.run_dir.name
     assert run_id(load_workflow(wf, ["train.progress=true"])) == r.run_dir.name

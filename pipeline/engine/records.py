@@ -1,0 +1,135 @@
+"""Stage records on disk: ``<stage>/_stage.json`` holds a finished stage's reuse key, identity and typed record.
+
+``read_run(run_dir, stages)`` is the one way to read a finished run folder (export, compare and any later tool use
+it through :func:`pipeline.stages.load_run`), instead of parsing ``_stage.json`` files themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from pipeline.config.schema import Workflow
+from pipeline.engine.stage import Stage, StageRecord
+from pipeline.errors import PipelineError
+
+RECORD = "_stage.json"
+STARTED = "_started.json"
+
+R = TypeVar("R", bound=StageRecord)
+
+
+def digest(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished stage as saved: its typed record and the metadata the engine keeps beside it."""
+
+    record: StageRecord
+    key: str
+    content_key: str
+    version: str
+    execution: str
+    seconds: float
+    finished_at: str
+
+
+def read_finished(stage_dir: Path, stage: type[Stage] | Stage) -> Finished | None:
+    """The finished record of ``stage`` in ``stage_dir``, or None (missing, unreadable, or not this stage's record
+    type: written by another version)."""
+    rec = read_json(stage_dir / RECORD)
+    if rec is None:
+        return None
+    try:
+        record = stage.record.model_validate(rec["record"])
+        return Finished(record, str(rec["key"]), str(rec["content_key"]), str(rec["version"]), str(rec["execution"]),
+                        float(rec["seconds"]), str(rec["finished_at"]))
+    except (KeyError, TypeError, ValueError, ValidationError):
+        return None
+
+
+def files_exist(run_dir: Path, record: StageRecord) -> bool:
+    return all((run_dir / f).exists() for f in record.files)
+
+
+def content_id(run_dir: Path, record: StageRecord, upstream: dict[str, str]) -> str:
+    """Identity of what a stage produced: its record, the bytes of its files and the identities of its inputs
+    (records may refer to upstream files). Downstream keys include it, so a re-run that produces the same results
+    does not invalidate later stages."""
+    digests = {}
+    for f in record.files:
+        with open(run_dir / f, "rb") as fh:
+            digests[f] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return digest({"record": record.model_dump(mode="json"), "files": digests, "upstream": upstream})
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """A run folder as the engine left it: the resolved workflow and the record of every finished stage."""
+
+    run_dir: Path
+    workflow: Workflow
+    records: dict[str, StageRecord] = field(default_factory=dict)
+
+    def get(self, kind: type[R]) -> R | None:
+        """The record of type ``kind``, or None when that stage has not finished."""
+        return next((r for r in self.records.values() if isinstance(r, kind)), None)
+
+    def need(self, kind: type[R], what: str) -> R:
+        """The record of type ``kind``.
+
+        Raises:
+            PipelineError: that stage has not finished in this run folder; ``what`` says what needed it.
+        """
+        rec = self.get(kind)
+        if rec is None:
+            stage = kind.__name__.removesuffix("Record").lower()
+            raise PipelineError(f"{self.run_dir} is not a finished run for {what}: its {stage} stage has not "
+                                "finished; give the run folder `pipeline run` printed, or finish the run first")
+        return rec
+
+    def path(self, rel: str) -> Path:
+        return self.run_dir / rel
+
+
+def read_run(run_dir: Path, stages: Sequence[type[Stage]]) -> RunRecords:
+    """Read a run folder: its ``workflow.yaml`` and the records of the stages that finished.
+
+    Raises:
+        PipelineError: the folder has no readable ``workflow.yaml`` (it is not a run folder).
+    """
+    import yaml
+
+    run_dir = Path(run_dir).resolve()
+    wf_path = run_dir / "workflow.yaml"
+    try:
+        workflow = Workflow.model_validate(yaml.safe_load(wf_path.read_text()))
+    except FileNotFoundError:
+        raise PipelineError(f"{run_dir} is not a finished run (no workflow.yaml); give the run folder "
+                            "`pipeline run` printed") from None
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise PipelineError(f"{wf_path} cannot be read as a workflow ({exc})") from None
+    records = {}
+    for stage in stages:
+        done = read_finished(run_dir / stage.name, stage)
+        if done is not None and files_exist(run_dir, done.record):
+            records[stage.name] = done.record
+    return RunRecords(run_dir, workflow, records)
