@@ -21,7 +21,7 @@ import yaml
 
 import pipeline
 from pipeline.config.loader import LoadedWorkflow
-from pipeline.engine.graph import stage_order
+from pipeline.engine.graph import check_stage_name, stage_order
 from pipeline.engine.hooks import Hook, HookSet, Report, RunStarted
 from pipeline.engine.records import RunRecords, read_run
 from pipeline.engine.runner import execute, run_name_hash
@@ -115,6 +115,8 @@ def run_workflow(
 
     wf = loaded.workflow
     stages = [cls() for cls in stage_classes()]
+    for option, value in (("--from", from_stage), ("--only", only)):  # before any folder is made
+        check_stage_name(option, value, [s.name for s in stages])
     run_dir = (run_dir or Path("runs") / wf.name / run_name_hash(wf, stages)).resolve()
     hooks = default_hooks(loaded, run_dir) if hooks is None else hooks
     resolved = loaded.resolved()

@@ -155,7 +155,7 @@ def test_infer_executor_choices_are_the_registered_executors() -> None:
     from pipeline.cohort.executors import EXECUTORS
 
     action = _flag(_subcommand("infer"), "--executor")
-    assert list(action.choices) == EXECUTORS.names() == ["local", "ray"]
+    assert list(action.choices) == EXECUTORS.names() and "local" in EXECUTORS.names()
     assert action.default == "local"
 
 

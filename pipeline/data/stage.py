@@ -13,6 +13,7 @@ from pipeline.config.schema import Workflow
 from pipeline.data.checks import check_cases
 from pipeline.data.generators import GENERATORS
 from pipeline.data.manifest import SPLITS, Manifest, case_id, load_manifest
+from pipeline.engine.records import digest
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.errors import DataError
 
@@ -86,6 +87,23 @@ class PrepareRecord(StageRecord):
     def split(self, name: str) -> tuple[CheckedCase, ...]:
         """The cases of one split (empty when the manifest has none)."""
         return self.cases.get(name, ())
+
+    def identity_of(self, splits: tuple[str, ...]) -> str:
+        """A digest of what a consumer of only ``splits`` reads: those cases (with their files' size and mtime),
+        the labels, the channels and the dimensionality."""
+        cases = {s: [c.model_dump(mode="json") for c in self.split(s)] for s in splits}
+        files = {c.image: self.data_files.get(c.image) for s in splits for c in self.split(s)}
+        files |= {c.label: self.data_files.get(c.label) for s in splits for c in self.split(s)}
+        return digest({"cases": cases, "files": files, "labels": self.labels, "channels": self.channels,
+                       "spatial_dims": self.spatial_dims})
+
+
+TRAINING_SPLITS = ("training", "validation")
+
+
+def training_identity(name: str, record: StageRecord, execution: str) -> str:
+    """:meth:`Stage.upstream_identity` for stages that read only the training and validation cases of prepare."""
+    return record.identity_of(TRAINING_SPLITS) if isinstance(record, PrepareRecord) else execution
 
 
 @STAGES.register("prepare")

@@ -34,7 +34,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``, or None when it is missing, unreadable or not an object."""
     try:
         rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8, not JSON
         return None
     return rec if isinstance(rec, dict) else None
 
@@ -88,6 +88,7 @@ class RunRecords:
     run_dir: Path
     workflow: Workflow
     records: dict[str, StageRecord] = field(default_factory=dict)
+    legacy: tuple[str, ...] = ()  # stages finished by medseg-pipeline < 0.2.0 (untyped records)
 
     def get(self, kind: type[R]) -> R | None:
         """The record of type ``kind``, or None when that stage has not finished."""
@@ -100,8 +101,12 @@ class RunRecords:
             PipelineError: that stage has not finished in this run folder; ``what`` says what needed it.
         """
         rec = self.get(kind)
+        stage = kind.__name__.removesuffix("Record").lower()
+        if rec is None and stage in self.legacy:
+            raise PipelineError(f"{self.run_dir}: its {stage} stage was made by medseg-pipeline before 0.2.0, whose "
+                                f"records this version does not read; re-run the workflow into it (pipeline run "
+                                f"WORKFLOW --run-dir {self.run_dir}) and then {what} again")
         if rec is None:
-            stage = kind.__name__.removesuffix("Record").lower()
             raise PipelineError(f"{self.run_dir} is not a finished run for {what}: its {stage} stage has not "
                                 "finished; give the run folder `pipeline run` printed, or finish the run first")
         return rec
@@ -127,9 +132,17 @@ def read_run(run_dir: Path, stages: Sequence[type[Stage]]) -> RunRecords:
                             "`pipeline run` printed") from None
     except (OSError, yaml.YAMLError, ValidationError) as exc:
         raise PipelineError(f"{wf_path} cannot be read as a workflow ({exc})") from None
-    records = {}
+    records, legacy = {}, []
     for stage in stages:
         done = read_finished(run_dir / stage.name, stage)
         if done is not None and files_exist(run_dir, done.record):
             records[stage.name] = done.record
-    return RunRecords(run_dir, workflow, records)
+        elif is_legacy(run_dir / stage.name):
+            legacy.append(stage.name)
+    return RunRecords(run_dir, workflow, records, tuple(legacy))
+
+
+def is_legacy(stage_dir: Path) -> bool:
+    """Whether ``stage_dir`` holds a stage finished by medseg-pipeline < 0.2.0 (``outputs`` instead of a record)."""
+    rec = read_json(stage_dir / RECORD)
+    return rec is not None and "outputs" in rec and "record" not in rec

@@ -113,7 +113,7 @@ def execute(
             if stage.name not in wanted:
                 continue
             stage_dir = run_dir / stage.name
-            upstream_ids = {r: executions[r] for r in stage.requires}
+            upstream_ids = {r: stage.upstream_identity(r, result.records[r], executions[r]) for r in stage.requires}
             content_key = digest({"stage": stage.name, "config": stage.config(workflow),
                                   "fingerprint": stage.fingerprint(workflow), "upstream": upstream_ids})
             key = digest({"content": content_key, "version": version})
@@ -127,9 +127,11 @@ def execute(
                 raise_unfinished(only, stage.name, run_dir)
             if valid and stage.name not in rerun_names:
                 assert done is not None
-                if done.version != version:
+                if done.key != key:  # made by another version: adopted, so later plain runs reuse it too
                     log.info("[%s] reused: made by version %s (unchanged config and inputs; %s)", stage.name,
                              done.version, "--from" if from_stage else "--only")
+                    write_json(stage_dir / RECORD, {**(read_json(stage_dir / RECORD) or {}), "key": key,
+                                                    "version": version, "adopted_from_version": done.version})
                 record, executions[stage.name], seconds = done.record, done.execution, None
                 result.reused.append(stage.name)
                 log.info("[%s] reused (unchanged since %s)", stage.name, done.finished_at)

@@ -38,7 +38,7 @@ class StageRecord(BaseModel):
             reusing the stage and hashes their bytes into the stage's identity.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")  # NaN Dice stays NaN
     files: tuple[str, ...] = ()
 
 
@@ -111,6 +111,12 @@ class Stage(ABC):
     @abstractmethod
     def run(self, ctx: StageContext) -> StageRecord:
         """Do the work; write only under ``ctx.stage_dir``, atomically; return the record."""
+
+    def upstream_identity(self, name: str, record: StageRecord, execution: str) -> str:
+        """The identity of the required stage ``name``'s result that enters this stage's key: by default all of it
+        (``execution``); a stage that reads only part of a record narrows it (train and preprocess read only the
+        training and validation cases of prepare's record, so a changed test file does not retrain)."""
+        return execution
 
     def report(self, ctx: StageContext, record: StageRecord) -> Report:
         """What trackers should record about this stage's result (called after it ran or was reused)."""

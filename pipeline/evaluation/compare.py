@@ -26,7 +26,7 @@ def rows_from_run_dirs(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
             evaluated = None
         else:
             run = read_run(Path(run_dir), [EvaluateStage])
-            evaluated = run.get(EvaluateRecord)
+            evaluated = run.need(EvaluateRecord, "compare") if run.legacy else run.get(EvaluateRecord)
         if evaluated is None:
             raise PipelineError(f"{run_dir}: no summary.json (the run has not finished its evaluate stage); finish "
                                 f"the run first (pipeline run ... --run-dir {run_dir})")

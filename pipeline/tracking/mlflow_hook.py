@@ -40,21 +40,35 @@ class MlflowHook(Hook):
         try:
             self._log(event.report, tags=False)
         except Exception:  # created but not usable: do not leave it RUNNING
-            with contextlib.suppress(Exception):
-                self.tracker.end("FAILED")
+            self._abandon()
             self.tracker = None
             raise
 
     def stage_done(self, event: StageDone) -> None:
-        self._log(event.report)
+        try:
+            self._log(event.report)
+        except Exception:  # this hook is left out from now on: end its run instead of leaving it RUNNING
+            self._abandon()
+            raise
 
     def run_ended(self, event: RunEnded) -> None:
         if self.tracker is None:
             return
-        if event.error:
-            self.tracker.set_tags({"error": event.error[:5000]})
-        self._log(event.report)
-        self.tracker.end(event.status)
+        status = event.status
+        try:
+            if event.error:
+                self.tracker.set_tags({"error": event.error[:5000]})
+            self._log(event.report)
+        except Exception:
+            status = "FAILED"  # the run's record is incomplete
+            raise
+        finally:
+            self.tracker.end(status)
+
+    def _abandon(self) -> None:
+        if self.tracker is not None:
+            with contextlib.suppress(Exception):
+                self.tracker.end("FAILED")
 
     def _log(self, report: Report, tags: bool = True) -> None:
         t = self.tracker

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config.schema import Workflow
-from pipeline.data.stage import PrepareRecord
+from pipeline.data.stage import PrepareRecord, training_identity
 from pipeline.engine.hooks import Report
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.training.trainer import load_history, train
@@ -42,6 +42,10 @@ class TrainStage(Stage):
     requires = ("prepare", "preprocess")
     record = TrainRecord
     names_run = True
+
+    def upstream_identity(self, name: str, record: StageRecord, execution: str) -> str:
+        """Only prepare's training and validation cases matter here (a changed test file does not retrain)."""
+        return training_identity(name, record, execution)
 
     def config(self, workflow: Workflow) -> Any:
         """Seed, model, training (with its validation windows) and the preprocessing (patches, augmentation):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
-from pipeline.data.stage import PrepareRecord
+from pipeline.data.stage import PrepareRecord, training_identity
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.io.atomic import atomic_path
 from pipeline.transforms.build import deterministic_transforms
@@ -56,6 +56,10 @@ class PreprocessStage(Stage):
     name = "preprocess"
     requires = ("prepare",)
     record = PreprocessRecord
+
+    def upstream_identity(self, name: str, record: StageRecord, execution: str) -> str:
+        """Only prepare's training and validation cases matter here (a changed test file does not retrain)."""
+        return training_identity(name, record, execution)
 
     def config(self, workflow: Workflow) -> Any:
         cfg = workflow.preprocess.model_dump(mode="json")

@@ -94,3 +94,23 @@ def test_unreachable_mlflow_store_does_not_fail_the_run(workflow: Path, tmp_path
                               run_dir=tmp_path / "run")
     assert result.summary is not None and result.mlflow_run_id is None
     assert len([r for r in caplog.records if "the run goes on without it" in r.getMessage()]) == 1
+
+
+def test_mlflow_failing_mid_run_ends_its_run_instead_of_leaving_it_running(workflow: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.tracker import MlflowTracker
+
+    def broken(self, path, artifact_path=None):  # type: ignore[no-untyped-def]
+        if Path(path).name == "best.pt":
+            raise OSError("artifact store full")
+
+    monkeypatch.setattr(MlflowTracker, "log_artifact", broken)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_workflow(load_workflow(workflow, ["tracking.enabled=true", f"tracking.tracking_uri={uri}"]),
+                          run_dir=tmp_path / "run")
+    assert result.summary is not None
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FAILED"

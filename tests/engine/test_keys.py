@@ -108,5 +108,24 @@ def test_an_upgrade_reruns_stages_and_from_is_the_escape(tmp_path: Path, monkeyp
     assert escaped.reused == ["prepare", "preprocess", "train"]
     assert escaped.executed == ["infer", "postprocess", "evaluate"]
     assert escaped.summary == first.summary
+    again = run_workflow(load_workflow(wf), run_dir=tmp_path / "run")  # the escape adopted the earlier stages
+    assert again.executed == [] and again.summary == first.summary
     monkeypatch.setattr(pipeline, "__version__", "100.0.0")
     assert run_workflow(load_workflow(wf), run_dir=tmp_path / "run").executed[0] == "prepare"
+
+
+def test_a_changed_test_file_does_not_retrain(tmp_path: Path) -> None:
+    import os
+
+    data = tmp_path / "data"
+    wf = tiny_workflow(tmp_path / "wf.yaml", blob_dataset(data, n_train=2, n_val=1, n_test=1), **{"train.epochs": 1})
+    run_workflow(load_workflow(wf), run_dir=tmp_path / "run")
+    test_label = next(p for p in (data / "labelsTr").iterdir() if "case3" in p.name)
+    st = test_label.stat()
+    os.utime(test_label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    r = run_workflow(load_workflow(wf), run_dir=tmp_path / "run")
+    assert r.reused == ["preprocess", "train"] and r.executed == ["prepare", "infer", "postprocess", "evaluate"]
+    training_label = next(p for p in (data / "labelsTr").iterdir() if "case0" in p.name)
+    st = training_label.stat()
+    os.utime(training_label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert "train" in run_workflow(load_workflow(wf), run_dir=tmp_path / "run").executed

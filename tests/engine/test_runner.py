@@ -121,3 +121,40 @@ def test_default_run_dir_is_named_by_config(setup: tuple[Path, Path], tmp_path: 
     assert run_id(load_workflow(wf, ["train.progress=true"])) == r.run_dir.name
     # inference, postprocessing and evaluation settings share the trained model's folder
     assert run_id(load_workflow(wf, ["infer.overlap=0.5", "evaluate.figures=1"])) == r.run_dir.name
+
+
+def test_unknown_stage_name_makes_no_run_folder(setup: tuple[Path, Path]) -> None:
+    wf, run_dir = setup
+    for option in ("from_stage", "only"):
+        with pytest.raises(PipelineError, match="unknown stage 'bogus'"):
+            run(wf, run_dir, **{option: "bogus"})
+        assert not run_dir.exists()
+
+
+def test_nan_metrics_survive_reuse(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """A class absent from every test case has a NaN Dice; the reused record must say NaN too, not None."""
+    wf, run_dir = setup
+    manifest = tmp_path / "data" / "dataset.json"
+    doc = json.loads(manifest.read_text())
+    doc["labels"]["3"] = "absent"
+    manifest.write_text(json.dumps(doc))
+    first = run(wf, run_dir)
+    second = run(wf, run_dir)
+    assert second.executed == []
+    for summary in (first.summary, second.summary):
+        assert np.isnan(summary["classes"]["absent"]["dice"]), summary["classes"]["absent"]
+
+
+def test_run_folders_of_older_versions_are_rerun_and_reported(setup: tuple[Path, Path]) -> None:
+    from pipeline.stages import load_run
+    from pipeline.training.stage import TrainRecord
+
+    wf, run_dir = setup
+    run(wf, run_dir)
+    record = run_dir / "train" / "_stage.json"
+    old = json.loads(record.read_text())
+    record.write_text(json.dumps({"key": old["key"], "execution": old["execution"],  # the 0.1 layout
+                                  "outputs": {"best_dice": 0.5, "files": list(old["record"]["files"])}}))
+    with pytest.raises(PipelineError, match="before 0.2.0"):
+        load_run(run_dir).need(TrainRecord, "export")
+    assert run(wf, run_dir).executed[0] == "train"
