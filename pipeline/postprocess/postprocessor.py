@@ -1,4 +1,5 @@
-"""The postprocessing of one prediction, shared by the postprocess stage and ``pipeline infer``: an optional dense
+"""The postprocessing of one prediction, shared by the postprocess stage and ``pipeline infer``: the registered
+steps (:mod:`pipeline.postprocess.steps`) that the ``postprocess`` settings turn on, in order: an optional dense
 CRF on the class probabilities, then an optional clean-up keeping each chosen class's largest component."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import numpy as np
 
 from pipeline.config.schema import CRFConfig, PostprocessConfig
 from pipeline.io.nifti import spacing_from_affine
-from pipeline.postprocess.apply_crf import renormalise, run_crf, zscore_channels
-from pipeline.postprocess.largest_component import keep_largest_component
+from pipeline.postprocess.apply_crf import renormalise, zscore_channels
+from pipeline.postprocess.steps import POSTPROCESSORS, CRFInputs, LargestComponent, Step
 
 
 class Postprocessor:
@@ -35,24 +36,41 @@ class Postprocessor:
     """
 
     def __init__(self, cfg: PostprocessConfig, num_classes: int) -> None:
-        klc = cfg.keep_largest_component
-        self.largest_component_classes: list[int] = list(range(1, num_classes)) if klc is True else list(klc or [])
+        steps = []
+        for key in type(cfg).model_fields:  # every postprocess key is a registered step
+            if key not in POSTPROCESSORS:
+                raise ValueError(f"postprocess.{key} has no step: register one in pipeline/postprocess/steps.py")
+            step = POSTPROCESSORS.get(key).from_config(getattr(cfg, key), num_classes)
+            if step is not None:
+                steps.append(step)
+        self.steps: list[Step] = sorted(steps, key=lambda s: s.order)
+        largest = [s for s in self.steps if isinstance(s, LargestComponent)]
+        self.largest_component_classes: list[int] = largest[0].classes if largest else []
         self.crf: CRFConfig | None = cfg.crf
 
     @property
     def needs_probabilities(self) -> bool:
         """Whether the final labels come from the class probabilities (the CRF is on)."""
-        return self.crf is not None
+        return any(s.needs_probabilities for s in self.steps)
 
     @property
     def is_identity(self) -> bool:
         """Whether nothing is configured: the final labels are the network's own."""
-        return self.crf is None and not self.largest_component_classes
+        return not self.steps
+
+    def _apply(self, labels: np.ndarray | None, inputs: CRFInputs | None, overrides: Mapping[str, float],
+               with_probabilities: bool = True) -> np.ndarray:
+        for step in self.steps:
+            if step.needs_probabilities and not with_probabilities:
+                continue
+            labels = step(labels, inputs, overrides)
+        if labels is None:
+            raise ValueError("Postprocessor: without a CRF the final labels come from `labels`; pass them")
+        return np.asarray(labels).astype(np.uint8, copy=False)
 
     def keep_largest(self, labels: np.ndarray) -> np.ndarray:
-        """``labels`` as uint8 with the largest-component clean-up (the array itself when there is nothing to do
-        and it is uint8 already)."""
-        return keep_largest_component(np.asarray(labels).astype(np.uint8, copy=False), self.largest_component_classes)
+        """``labels`` as uint8 with the steps that need no probabilities (the largest-component clean-up)."""
+        return self._apply(labels, None, {}, with_probabilities=False)
 
     def labels_without_crf(self, probs: np.ndarray) -> np.ndarray:
         """The labels without the CRF: the argmax of ``probs`` ``(K, *spatial)`` with the same clean-up (what the
@@ -62,11 +80,11 @@ class Postprocessor:
     def __call__(self, labels: np.ndarray | None = None, *, probs: np.ndarray | None = None,
                  image: np.ndarray | None = None, spacing: Sequence[float] | None = None,
                  overrides: Mapping[str, float] | None = None) -> np.ndarray:
-        """The final labels, uint8 ``(*spatial)``.
+        """The final labels, uint8 ``(*spatial)``: every step that is on, in order.
 
-        With a CRF: :func:`~pipeline.postprocess.apply_crf.run_crf` on ``probs``, ``image`` and ``spacing`` with
-        the settings, ``overrides`` (values chosen by ``crf.tune``) replacing some, then the clean-up; ``labels``
-        are not used. Without: the clean-up of ``labels``.
+        With a CRF: the CRF on ``probs``, ``image`` and ``spacing`` with the settings, ``overrides`` (values chosen
+        by ``crf.tune``) replacing some, then the clean-up; ``labels`` are not used. Without: the clean-up of
+        ``labels``.
 
         Args:
             labels: the network's labels ``(*spatial)`` (needed without a CRF).
@@ -79,14 +97,12 @@ class Postprocessor:
         Raises:
             ValueError: the inputs the configuration needs are missing.
         """
-        if self.crf is None:
-            if labels is None:
-                raise ValueError("Postprocessor: without a CRF the final labels come from `labels`; pass them")
-            return self.keep_largest(labels)
-        if probs is None or image is None or spacing is None:
-            raise ValueError("Postprocessor: the CRF needs `probs`, `image` and `spacing`; pass all three "
-                             "(`needs_probabilities` says when)")
-        return self.keep_largest(run_crf(probs, image, spacing, self.crf, **dict(overrides or {})))
+        if self.needs_probabilities:
+            if probs is None or image is None or spacing is None:
+                raise ValueError("Postprocessor: the CRF needs `probs`, `image` and `spacing`; pass all three "
+                                 "(`needs_probabilities` says when)")
+            return self._apply(None, CRFInputs(probs, image, spacing), overrides or {})
+        return self._apply(labels, None, overrides or {})
 
     @staticmethod
     def crf_inputs(probs: np.ndarray, image: np.ndarray,

@@ -115,3 +115,14 @@ def test_crf_params_are_derived_from_crf_config() -> None:
     for bad in ({"smooth_weight": float("inf")}, {"backend": "torch"}, {"iterations": 0}):
         with pytest.raises(ValueError, match=f"CRFParams.{next(iter(bad))}"):
             CRFParams(**bad)
+
+
+def test_every_postprocess_key_is_a_registered_step() -> None:
+    from pipeline.postprocess.steps import POSTPROCESSORS
+
+    assert set(POSTPROCESSORS.names()) == set(PostprocessConfig.model_fields)
+    orders = [POSTPROCESSORS.get(n).order for n in POSTPROCESSORS.names()]
+    assert len(set(orders)) == len(orders), "two steps with the same order would run in an arbitrary order"
+    post = Postprocessor(PostprocessConfig(keep_largest_component=True, crf=CRF), 3)
+    assert [type(s).__name__ for s in post.steps] == ["DenseCRF", "LargestComponent"]  # CRF first, then clean-up
+    assert Postprocessor(PostprocessConfig(), 3).is_identity
