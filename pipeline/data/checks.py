@@ -3,11 +3,11 @@ label values declared in the manifest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.data.manifest import Case, Manifest
 from pipeline.errors import DataError
@@ -15,10 +15,10 @@ from pipeline.errors import DataError
 AFFINE_TOL = 1e-3  # millimetres / direction cosines
 
 
-@dataclass(frozen=True)
-class CaseInfo:
-    """What the checks learned about a case."""
+class CheckedCase(BaseModel):
+    """A case that passed the checks: absolute paths, grid, channel count and the manifest's extra files."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
     id: str
     split: str
     image: str
@@ -26,7 +26,7 @@ class CaseInfo:
     shape: list[int]
     spacing: list[float]
     channels: int
-    extras: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, str] = {}
 
 
 def read_nifti(path: Path, what: str, case_id: str) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -46,7 +46,7 @@ def read_nifti(path: Path, what: str, case_id: str) -> tuple[nib.Nifti1Image, np
     return img, data
 
 
-def check_case(case: Case, manifest: Manifest) -> CaseInfo:
+def check_case(case: Case, manifest: Manifest) -> CheckedCase:
     """Check one case.
 
     Raises:
@@ -89,11 +89,12 @@ def check_case(case: Case, manifest: Manifest) -> CaseInfo:
     missing = [str(p) for p in case.extras.values() if not p.is_file()]
     if missing:
         raise DataError(f"case '{case.id}': file(s) named in the manifest not found: {', '.join(missing)}")
-    return CaseInfo(case.id, case.split, str(case.image), str(case.label), list(map(int, data.shape[:nd])),
-                    zooms, channels, {k: str(v) for k, v in case.extras.items()})
+    return CheckedCase(id=case.id, split=case.split, image=str(case.image), label=str(case.label),
+                       shape=list(map(int, data.shape[:nd])), spacing=zooms, channels=channels,
+                       extras={k: str(v) for k, v in case.extras.items()})
 
 
-def check_cases(cases: list[Case], manifest: Manifest) -> list[CaseInfo]:
+def check_cases(cases: list[Case], manifest: Manifest) -> list[CheckedCase]:
     """Check every case and report all failing cases in one :class:`DataError`."""
     infos, problems = [], []
     for case in cases:

@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
-from pipeline.data.checks import check_cases
+from pipeline.data.checks import CheckedCase, check_cases
 from pipeline.data.generators import GENERATORS
 from pipeline.data.manifest import SPLITS, Manifest, case_id, load_manifest
 from pipeline.engine.records import digest
@@ -42,20 +41,6 @@ def generate_missing(manifest: Manifest, progress: bool = True) -> int:
 def _stat(path: str) -> list[int]:
     st = Path(path).stat()
     return [st.st_size, st.st_mtime_ns]
-
-
-class CheckedCase(BaseModel):
-    """A case that passed the checks (:mod:`pipeline.data.checks`): absolute paths, grid and channel count."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    id: str
-    split: str
-    image: str
-    label: str
-    shape: list[int]
-    spacing: list[float]
-    channels: int
-    extras: dict[str, str] = {}
 
 
 class PrepareRecord(StageRecord):
@@ -134,7 +119,7 @@ class PrepareStage(Stage):
         infos = check_cases(manifest.all_cases(), manifest)
         return PrepareRecord(
             manifest=str(manifest.path),
-            cases={s: tuple(CheckedCase(**vars(i)) for i in infos if i.split == s) for s in SPLITS},
+            cases={s: tuple(i for i in infos if i.split == s) for s in SPLITS},
             labels=dict(manifest.labels),
             channels=tuple(manifest.channels),
             spatial_dims=manifest.spatial_dims,
