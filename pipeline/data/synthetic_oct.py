@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from pipeline.errors import DataError
 
@@ -115,6 +114,8 @@ def fill_layers(boundaries: np.ndarray, depth: int) -> np.ndarray:
 
 
 def _smooth_1d(rng: np.random.Generator, n: int, sigma: float) -> np.ndarray:
+    from scipy import ndimage  # lazy: the CLI imports this module when it lists the importers
+
     f = ndimage.gaussian_filter1d(rng.standard_normal(n), sigma=sigma, mode="reflect")
     std = float(f.std())
     return (f - f.mean()) / std if std > 0 else f
@@ -144,6 +145,8 @@ def make_oct_case(
         ``(image, label, boundaries, affine)``: image float32 ``(X, Y)`` in [0, 1], label uint8 ``(X, Y)`` (0..9,
         see the module docstring), boundaries float32 ``(8, X)`` (rows, Duke order) and the 4x4 affine.
     """
+    from scipy import ndimage  # lazy: the CLI imports this module when it lists the importers
+
     shape = tuple(int(s) for s in shape)
     spacing = tuple(float(s) for s in spacing)
     if len(shape) != 2 or shape[0] < 16 or shape[1] < 64:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from pipeline.data.importers import IMPORTERS
 from pipeline.data.storage import (
@@ -73,6 +72,8 @@ def import_isbi2012(src: Path, out: Path, spacing: Any = None, seed: int = 0) ->
     for k in range(volume.shape[0]):
         cid = f"{NAME}_{k:0{width}d}"
         membrane = labels[k] < 128
+        from scipy import ndimage  # lazy: the CLI imports every importer to list them
+
         instances, _ = ndimage.label(~membrane)  # 4-connected
         paths = {"instances": out / "instancesTr" / f"{cid}.nii.gz", "label": out / "labelsTr" / f"{cid}.nii.gz",
                  "image": out / "imagesTr" / f"{cid}.nii.gz"}
