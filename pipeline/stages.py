@@ -128,7 +128,7 @@ def run_workflow(
     write_text(workflow_file, yaml.safe_dump(resolved, sort_keys=False))
     result = execute(wf, stages, run_dir, version=pipeline.__version__, hooks=HookSet(hooks), started=started,
                      from_stage=from_stage, only=only, force=force, created=created)
-    evaluated = result.records.get("evaluate")
-    summary = evaluated.summary if isinstance(evaluated, EvaluateRecord) else None
+    evaluated = next((r for r in result.records.values() if isinstance(r, EvaluateRecord)), None)
+    summary = evaluated.summary if evaluated is not None else None
     mlflow_id = next((h.run_id for h in hooks if getattr(h, "run_id", None)), None)
     return RunResult(run_dir, result.executed, result.reused, summary, mlflow_id)
