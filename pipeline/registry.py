@@ -7,7 +7,9 @@ names and the closest match.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -63,3 +65,11 @@ class Registry(Generic[T]):
         if name not in self._items:
             raise KeyError(self.unknown_message(name))
         return self._items[name]
+
+
+def import_submodules(package: str, path: Iterable[str]) -> None:
+    """Import every public module of a package (sorted by name), so that each registers what it defines: call it
+    at the end of the package's ``__init__`` as ``import_submodules(__name__, __path__)``."""
+    for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -21,12 +21,11 @@ import yaml
 
 import pipeline
 from pipeline.config.loader import LoadedWorkflow
-from pipeline.engine.graph import check_stage_name, stage_order
+from pipeline.engine.graph import stage_order
 from pipeline.engine.hooks import Hook, HookSet, Report, RunStarted
 from pipeline.engine.records import RunRecords, read_run
 from pipeline.engine.runner import execute, run_name_hash
 from pipeline.engine.stage import STAGES, Stage
-from pipeline.io.atomic import write_text
 
 log = logging.getLogger("pipeline")
 
@@ -115,19 +114,15 @@ def run_workflow(
 
     wf = loaded.workflow
     stages = [cls() for cls in stage_classes()]
-    for option, value in (("--from", from_stage), ("--only", only)):  # before any folder is made
-        check_stage_name(option, value, [s.name for s in stages])
     run_dir = (run_dir or Path("runs") / wf.name / run_name_hash(wf, stages)).resolve()
     hooks = default_hooks(loaded, run_dir) if hooks is None else hooks
     resolved = loaded.resolved()
     workflow_file = run_dir / "workflow.yaml"
     started = RunStarted(f"{wf.name}-{run_dir.name}", run_dir,
                          Report(params=flatten(resolved), artifacts=((workflow_file, None),)))
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(workflow_file, yaml.safe_dump(resolved, sort_keys=False))
     result = execute(wf, stages, run_dir, version=pipeline.__version__, hooks=HookSet(hooks), started=started,
-                     from_stage=from_stage, only=only, force=force, created=created)
+                     from_stage=from_stage, only=only, force=force,
+                     files={workflow_file.name: yaml.safe_dump(resolved, sort_keys=False)})
     evaluated = next((r for r in result.records.values() if isinstance(r, EvaluateRecord)), None)
     summary = evaluated.summary if evaluated is not None else None
     mlflow_id = next((h.run_id for h in hooks if getattr(h, "run_id", None)), None)

@@ -50,6 +50,7 @@ class Finished:
     execution: str
     seconds: float
     finished_at: str
+    saved: dict[str, Any] = field(default_factory=dict, repr=False)  # the whole _stage.json as read
 
 
 def read_finished(stage_dir: Path, stage: type[Stage] | Stage) -> Finished | None:
@@ -61,7 +62,7 @@ def read_finished(stage_dir: Path, stage: type[Stage] | Stage) -> Finished | Non
     try:
         record = stage.record.model_validate(rec["record"])
         return Finished(record, str(rec["key"]), str(rec["content_key"]), str(rec["version"]), str(rec["execution"]),
-                        float(rec["seconds"]), str(rec["finished_at"]))
+                        float(rec["seconds"]), str(rec["finished_at"]), rec)
     except (KeyError, TypeError, ValueError, ValidationError):
         return None
 

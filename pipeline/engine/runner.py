@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,8 @@ from pipeline.engine.records import (
 )
 from pipeline.config.schema import Workflow
 from pipeline.engine.stage import Stage, StageContext, StageRecord
-from pipeline.io.atomic import write_json
+from pipeline.errors import PipelineError
+from pipeline.io.atomic import write_json, write_text
 
 log = logging.getLogger("pipeline")
 
@@ -73,7 +74,7 @@ def execute(
     from_stage: str | None = None,
     only: str | None = None,
     force: bool = False,
-    created: bool | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run (or reuse) ``stages`` (already in graph order) of a validated workflow in ``run_dir``.
 
@@ -84,8 +85,7 @@ def execute(
         from_stage: re-run this stage and every stage that depends on it.
         only: run just this stage (re-running it); the stages it depends on must be finished.
         force: re-run every stage.
-        created: whether the caller created ``run_dir`` for this run (default: whether it does not exist yet);
-            such a folder is removed again when the run fails before any stage finished.
+        files: text files written into ``run_dir`` before the first stage (e.g. the resolved ``workflow.yaml``).
 
     Raises:
         PipelineError: bad input; a run folder this call created is removed if no stage finished in it.
@@ -102,8 +102,10 @@ def execute(
     wanted = ({only} | ancestors(only, graph)) if only else set(names)
     escape = from_stage is not None or only is not None  # reuse unchanged earlier stages made by another version
     hooks = hooks or HookSet()
-    created = not run_dir.exists() if created is None else created
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (files or {}).items():
+        write_text(run_dir / name, text)
     result = RunResult(run_dir)
     executions: dict[str, str] = {}
     hooks.run_started(started or RunStarted(run_dir.name, run_dir))
@@ -124,14 +126,15 @@ def execute(
             ctx = StageContext(workflow=workflow, run_dir=run_dir, stage_dir=stage_dir,
                                upstream={r: result.records[r] for r in stage.requires})
             if only is not None and stage.name != only and not valid:
-                raise_unfinished(only, stage.name, run_dir)
+                raise PipelineError(f"--only {only}: stage '{stage.name}' has not finished with the current config "
+                                    f"in {run_dir}; run the workflow without --only first")
             if valid and stage.name not in rerun_names:
                 assert done is not None
                 if done.key != key:  # made by another version: adopted, so later plain runs reuse it too
                     log.info("[%s] reused: made by version %s (unchanged config and inputs; %s)", stage.name,
                              done.version, "--from" if from_stage else "--only")
-                    write_json(stage_dir / RECORD, {**(read_json(stage_dir / RECORD) or {}), "key": key,
-                                                    "version": version, "adopted_from_version": done.version})
+                    write_json(stage_dir / RECORD, {**done.saved, "key": key, "version": version,
+                                                    "adopted_from_version": done.version})
                 record, executions[stage.name], seconds = done.record, done.execution, None
                 result.reused.append(stage.name)
                 log.info("[%s] reused (unchanged since %s)", stage.name, done.finished_at)
@@ -175,9 +178,3 @@ def _run_stage(stage: Stage, ctx: StageContext, key: str, rerun: bool) -> tuple[
         raise TypeError(f"stage '{stage.name}' returned {type(record).__name__}, not its {stage.record.__name__}")
     return record, time.perf_counter() - t0
 
-
-def raise_unfinished(only: str, name: str, run_dir: Path) -> None:
-    from pipeline.errors import PipelineError
-
-    raise PipelineError(f"--only {only}: stage '{name}' has not finished with the current config in {run_dir}; "
-                        "run the workflow without --only first")

@@ -8,20 +8,12 @@ logits ``(N, K, *spatial)`` and integer labels ``(N, 1, *spatial)``) and its tes
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 
-from pipeline.registry import Registry
+from pipeline.registry import Registry, import_submodules
 
 LOSSES: Registry = Registry("loss")
 
 
-def _import_submodules() -> None:
-    """Import every module of this package (sorted by name): importing a loss's module registers it."""
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_submodules()
+import_submodules(__name__, __path__)  # each module registers itself
 
 __all__ = ["LOSSES"]

@@ -7,23 +7,13 @@ what the class must provide) and its test; nothing else lists the models.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 
-from pipeline.registry import Registry
+from pipeline.registry import Registry, import_submodules
 
 MODELS: Registry = Registry("model")
 
-
-
-def _import_submodules() -> None:
-    """Import every module of this package (sorted by name): importing a model's module registers it."""
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_submodules()
+import_submodules(__name__, __path__)  # each module registers itself
 
 __all__ = ["MODELS", "build_model", "supported_dims"]
 

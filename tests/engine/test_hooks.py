@@ -90,7 +90,7 @@ def test_unreachable_mlflow_store_does_not_fail_the_run(workflow: Path, tmp_path
     blocker.write_text("not a folder")
     uri = f"sqlite:///{blocker}/sub/mlflow.db"  # its folder cannot be created
     with caplog.at_level(logging.WARNING, logger="pipeline"):
-        result = run_workflow(load_workflow(workflow, [f"tracking.enabled=true", f"tracking.tracking_uri={uri}"]),
+        result = run_workflow(load_workflow(workflow, ["tracking.enabled=true", f"tracking.tracking_uri={uri}"]),
                               run_dir=tmp_path / "run")
     assert result.summary is not None and result.mlflow_run_id is None
     assert len([r for r in caplog.records if "the run goes on without it" in r.getMessage()]) == 1

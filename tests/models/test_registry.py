@@ -28,6 +28,7 @@ from pipeline.models.protocol import (
     size_multiple,
 )
 from pipeline.models.shapes import check_divisible
+from pipeline.registry import import_submodules
 from tests.utils import blob_dataset, tiny_workflow
 
 IN_CHANNELS, CLASSES = 2, 3
@@ -176,7 +177,7 @@ def test_importing_a_new_model_module_registers_it(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(MODELS, "_items", dict(MODELS._items))
     monkeypatch.delitem(sys.modules, "pipeline.models.extra_model", raising=False)
     try:
-        pipeline.models._import_submodules()
+        import_submodules(pipeline.models.__name__, pipeline.models.__path__)  # what the package runs on import
         assert "extra_test_model" in MODELS and constructor_problems(MODELS.get("extra_test_model")) == []
     finally:
         sys.modules.pop("pipeline.models.extra_model", None)

@@ -8,12 +8,10 @@ runner inside their functions: the command line imports this package to build it
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from pipeline.registry import Registry
+from pipeline.registry import Registry, import_submodules
 
 if TYPE_CHECKING:
     from pipeline.bundle import Bundle
@@ -38,12 +36,6 @@ class Executor(Protocol):
 EXECUTORS: Registry[Executor] = Registry("executor")
 
 
-def _import_submodules() -> None:
-    """Import every module of this package (sorted by name): importing an executor's module registers it."""
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-_import_submodules()
+import_submodules(__name__, __path__)  # each module registers itself
 
 __all__ = ["EXECUTORS", "Executor"]

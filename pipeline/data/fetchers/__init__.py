@@ -13,14 +13,12 @@ wrote. The manifest follows :mod:`pipeline.data.storage` and splits its labelled
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.registry import Registry
+from pipeline.registry import Registry, import_submodules
 
 __all__ = ["FETCHERS", "Fetcher", "register_fetcher"]
 
@@ -57,11 +55,4 @@ def register_fetcher(name: str, *, workflow: str) -> Callable[[F], F]:
     return deco
 
 
-def _import_all() -> None:
-    """Import every (public) module of this package, so that each data set's module registers its fetcher."""
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-_import_all()
+import_submodules(__name__, __path__)  # each module registers itself

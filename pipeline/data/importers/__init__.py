@@ -19,15 +19,13 @@ is missing.
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DataError
-from pipeline.registry import Registry
+from pipeline.registry import Registry, import_submodules
 
 __all__ = ["IMPORTERS", "Importer", "import_dataset"]
 
@@ -61,11 +59,4 @@ def import_dataset(name: str, src: str | os.PathLike[str], out: str | os.PathLik
     return IMPORTERS.get(key)(src_path, Path(out).expanduser(), **options)
 
 
-def _import_all() -> None:
-    """Import every (public) module of this package, so that each registers its importer."""
-    for module in pkgutil.iter_modules(__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-_import_all()
+import_submodules(__name__, __path__)  # each module registers itself
