@@ -74,15 +74,33 @@ class RunResult:
 
 
 def default_hooks(loaded: LoadedWorkflow, run_dir: Path) -> list[Hook]:
-    """MLflow when ``tracking.enabled`` (experiment: ``tracking.experiment`` or the workflow's name)."""
-    cfg = loaded.workflow.tracking
+    """MLflow when ``tracking.enabled`` (experiment: ``tracking.experiment`` or the workflow's name), as a
+    model-training experiment described by the workflow; the run's source, version and model as tags."""
+    wf = loaded.workflow
+    cfg = wf.tracking
     if not cfg.enabled:
         return []
+    from pipeline.tracking.context import source_tags
     from pipeline.tracking.mlflow_hook import MlflowHook
-    from pipeline.tracking.tracker import resolve_tracking_uri
+    from pipeline.tracking.note import experiment_note
+    from pipeline.tracking.tracker import NOTE_TAG, resolve_tracking_uri
 
-    return [MlflowHook(cfg.experiment or loaded.workflow.name, resolve_tracking_uri(cfg.tracking_uri),
-                       tags={"workflow_file": str(loaded.source), "run_dir": str(run_dir)})]
+    uri = resolve_tracking_uri(cfg.tracking_uri)
+    tags = {**source_tags(Path(loaded.source), wf.name, run_dir), "model": wf.model.name}
+    experiment_tags = {NOTE_TAG: experiment_note(str(loaded.source), wf.description, _labels(wf))}
+    hook = MlflowHook(cfg.experiment or wf.name, uri, tags=tags, experiment_tags=experiment_tags, reuse=True,
+                      system_metrics=cfg.system_metrics)
+    return [hook]
+
+
+def _labels(wf: Any) -> dict[str, str] | None:
+    """The manifest's labels for the experiment's description (None when the manifest cannot be read yet)."""
+    from pipeline.data.stage import manifest_for
+
+    try:
+        return {str(k): v for k, v in manifest_for(wf).labels.items()}
+    except Exception:
+        return None
 
 
 def run_workflow(

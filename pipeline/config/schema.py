@@ -229,6 +229,9 @@ class EvaluateConfig(Strict):
     instances: Literal["components", "watershed"] = Field(
         default="components", description="cells: objects from the semantic prediction by connected components, or "
         "by a distance-transform watershed that splits touching nuclei")
+    overlays: bool = Field(default=True, description="one PNG per test case (image, reference, prediction on a few "
+                           "slices) in evaluate/overlays/, also shown in MLflow")
+    overlay_slices: int = Field(default=3, ge=1, le=9, description="slices per overlay (3D scans)")
 
 
 class TrackingConfig(Strict):
@@ -238,6 +241,10 @@ class TrackingConfig(Strict):
         default=None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current folder"
     )
     log_checkpoint: bool = True
+    log_model: bool = Field(default=False, description="at the end of the run, log the trained model as an MLflow "
+                            "Model and register it under the workflow's name (as `pipeline export` does)")
+    system_metrics: float | None = Field(default=10.0, gt=0, description="seconds between CPU/memory/GPU samples "
+                                         "while stages run; null for none")
 
 
 class Workflow(Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from pipeline.config.schema import Workflow
 from pipeline.data.checks import CheckedCase, check_cases
 from pipeline.data.generators import GENERATORS
 from pipeline.data.manifest import SPLITS, Manifest, case_id, load_manifest
+from pipeline.engine.hooks import Report
 from pipeline.engine.records import digest
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.errors import DataError
@@ -54,6 +56,8 @@ class PrepareRecord(StageRecord):
         spatial_dims: 2 or 3.
         domain: the manifest's ``domain`` (e.g. ``cells``, ``oct``; empty when not given).
         data_files: size and mtime of every image and label, to notice files changed since they were checked.
+        name: the manifest's dataset name.
+        manifest_sha256: the digest of the manifest file as read.
     """
 
     manifest: str
@@ -63,6 +67,8 @@ class PrepareRecord(StageRecord):
     spatial_dims: int
     domain: str
     data_files: dict[str, tuple[int, int]]
+    name: str = ""
+    manifest_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -125,4 +131,19 @@ class PrepareStage(Stage):
             spatial_dims=manifest.spatial_dims,
             domain=manifest.domain,
             data_files={p: tuple(_stat(p)) for i in infos for p in (i.image, i.label)},
+            name=manifest.name,
+            manifest_sha256=hashlib.sha256(manifest.path.read_bytes()).hexdigest(),
         )
+
+    def report(self, ctx: StageContext, record: StageRecord) -> Report:
+        """The data as a dataset (name, manifest digest, split sizes, labels) and the digest as a tag."""
+        assert isinstance(record, PrepareRecord)
+        sha = record.manifest_sha256
+        if not sha and Path(record.manifest).is_file():  # a record made before the digest was kept
+            sha = hashlib.sha256(Path(record.manifest).read_bytes()).hexdigest()
+        name = record.name or Path(record.manifest).stem
+        dataset = {"name": name, "digest": sha[:16], "source": record.manifest,
+                   "splits": {s: len(record.split(s)) for s in SPLITS if record.split(s)},
+                   "labels": {str(k): v for k, v in record.labels.items()}, "channels": list(record.channels),
+                   "spatial_dims": record.spatial_dims, "domain": record.domain}
+        return Report(tags={"dataset": name, "manifest_sha256": sha}, dataset=dataset)

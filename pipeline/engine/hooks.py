@@ -1,4 +1,5 @@
-"""Events the engine (and ``pipeline infer``) emit to hooks: run started, stage done (ran or reused), run ended.
+"""Events the engine (and ``pipeline infer``) emit to hooks: run started, stage starting (about to run), stage done
+(ran or reused), run ended.
 
 Experiment tracking is a hook (:class:`pipeline.tracking.mlflow_hook.MlflowHook`); anything else that wants to
 follow runs (a fallback store, a notifier) implements :class:`Hook`. A hook that fails never fails the work:
@@ -26,6 +27,11 @@ class Report:
         series: ``(step, {name: value})`` rows, e.g. one per epoch.
         artifacts: ``(file, folder in the run's artifacts or None for the top level)``.
         tags: short strings describing the run.
+        images: ``(PNG file, key)``: pictures a tracker shows as images (MLflow: ``log_image`` with that key).
+        tables: ``(CSV file, name)``: tables a tracker shows as tables (MLflow: ``log_table`` as ``name``.json).
+        dataset: the data the run read: ``name``, ``digest``, ``source`` (a path), ``splits`` (split → number of
+            cases) and anything else worth a look (``labels``, ``channels``, ``domain``); None when the stage read
+            none.
     """
 
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -33,6 +39,9 @@ class Report:
     series: tuple[tuple[int, Mapping[str, float]], ...] = ()
     artifacts: tuple[tuple[Path, str | None], ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    images: tuple[tuple[Path, str], ...] = ()
+    tables: tuple[tuple[Path, str], ...] = ()
+    dataset: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,13 @@ class RunStarted:
     name: str
     folder: Path
     report: Report = Report()
+
+
+@dataclass(frozen=True)
+class StageStarting:
+    """A stage is about to run (it was not reused); sent before its work starts."""
+
+    stage: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,8 @@ class Hook:
     """Receives the events of a run; every method does nothing unless overridden."""
 
     def run_started(self, event: RunStarted) -> None: ...
+
+    def stage_starting(self, event: StageStarting) -> None: ...
 
     def stage_done(self, event: StageDone) -> None: ...
 
@@ -94,6 +112,9 @@ class HookSet:
 
     def run_started(self, event: RunStarted) -> None:
         self._emit("run_started", event)
+
+    def stage_starting(self, event: StageStarting) -> None:
+        self._emit("stage_starting", event)
 
     def stage_done(self, event: StageDone) -> None:
         self._emit("stage_done", event)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.engine.graph import ancestors, check_stage_name, descendants
-from pipeline.engine.hooks import HookSet, RunEnded, RunStarted, StageDone
+from pipeline.engine.hooks import HookSet, RunEnded, RunStarted, StageDone, StageStarting
 from pipeline.engine.records import (
     RECORD,
     STARTED,
@@ -139,6 +139,7 @@ def execute(
                 result.reused.append(stage.name)
                 log.info("[%s] reused (unchanged since %s)", stage.name, done.finished_at)
             else:
+                hooks.stage_starting(StageStarting(stage.name))
                 record, seconds = _run_stage(stage, ctx, key, force or stage.name in rerun_names)
                 executions[stage.name] = content_id(run_dir, record, upstream_ids)
                 write_json(stage_dir / RECORD, {

@@ -16,7 +16,7 @@ from pipeline.data.stage import PrepareRecord
 from pipeline.engine.hooks import Report
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.evaluation.domain_metrics import CASE_LEVEL, domain_rows
-from pipeline.evaluation.figures import overview_png
+from pipeline.evaluation.figures import case_overlay_png, overview_png
 from pipeline.evaluation.metrics import case_metrics, nanmean
 from pipeline.io.atomic import write_json, write_text
 from pipeline.io.nifti import spacing_of
@@ -52,12 +52,14 @@ class EvaluateRecord(StageRecord):
         cases_csv: per case and class metrics.
         domain_csv: per case domain metrics (None when the domain has none).
         overview: the overview figure (None when ``evaluate.figures`` is 0).
+        overlays: case id → its overlay figure (image, reference, prediction on a few slices).
     """
 
     summary: dict[str, Any]
     cases_csv: str
     domain_csv: str | None = None
     overview: str | None = None
+    overlays: dict[str, str] = {}
 
 
 @STAGES.register("evaluate")
@@ -132,14 +134,30 @@ class EvaluateStage(Stage):
             overview = "evaluate/overview.png"
             overview_png(shown, labels, ctx.path(overview))
             files.append(overview)
+        overlays: dict[str, str] = {}
+        if wf.evaluate.overlays:
+            dice = {c.id: nanmean([r.get("dice", float("nan")) for r in rows if r["case"] == c.id]) for c in cases}
+            for c in tqdm(cases, desc="overlays", unit="case", disable=not wf.train.progress):
+                overlays[c.id] = f"evaluate/overlays/{c.id}.png"
+                case_overlay_png({**c.model_dump(), "pred": str(ctx.path(post.predictions[c.id]))}, labels,
+                                 ctx.path(overlays[c.id]), wf.evaluate.overlay_slices,
+                                 title=f"Dice {dice[c.id]:.3f}" if dice[c.id] == dice[c.id] else "")
+            files.extend(overlays.values())
         write_json(ctx.run_dir / "summary.json", summary)
         return EvaluateRecord(files=tuple(files), summary=summary, cases_csv=cases_csv, domain_csv=domain_csv,
-                              overview=overview)
+                              overview=overview, overlays=overlays)
 
     def report(self, ctx: StageContext, record: StageRecord) -> Report:
         assert isinstance(record, EvaluateRecord)
-        artifacts = tuple((ctx.path(f), None if f == "summary.json" else "evaluate") for f in record.files)
-        return Report(metrics=flat_test_metrics(record.summary), artifacts=artifacts)
+        overlays = set(record.overlays.values())
+        artifacts = tuple((ctx.path(f), None if f == "summary.json" else "evaluate") for f in record.files
+                          if f not in overlays)
+        artifacts += tuple((ctx.path(f), "evaluate/overlays") for f in record.overlays.values())
+        images = tuple((ctx.path(f), f"overlay/{case}") for case, f in record.overlays.items())
+        tables = ((ctx.path(record.cases_csv), "evaluate/cases_table.json"),)
+        if record.domain_csv:
+            tables += ((ctx.path(record.domain_csv), "evaluate/cases_domain_table.json"),)
+        return Report(metrics=flat_test_metrics(record.summary), artifacts=artifacts, images=images, tables=tables)
 
 
 def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:

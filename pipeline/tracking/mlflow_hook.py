@@ -1,8 +1,15 @@
-"""MLflow as an engine hook: one MLflow run per ``pipeline run`` (or ``pipeline infer`` batch).
+"""MLflow as an engine hook: one MLflow run per result of ``pipeline run`` (or per ``pipeline infer`` batch).
 
-The run is created when the run starts (its name, tags, params and artifacts come from the event), each stage's
-report is logged when the stage finishes or is reused, and the run ends with the engine's status. The hook never
-fails the work: :class:`pipeline.engine.hooks.HookSet` turns its first error into one warning and stops calling it.
+The MLflow run is created when the first stage starts to run (its name, tags, params and artifacts come from the
+run-started event, the reports of stages reused before it are logged then); each stage's report is logged when the
+stage finishes or is reused; system metrics are sampled while stages run; the run's Markdown summary is written
+and the run ends with the engine's status.
+
+A rerun that reuses every stage makes no MLflow run: the run folder keeps the id of the MLflow run that holds its
+results (``mlflow_run.json``) and the hook reports that one. A rerun that runs a stage again (``--from``, a changed
+``infer`` setting, ``--force``) makes a new MLflow run, tagged ``pipeline.previous_run_id`` with the one it
+replaces. The hook never fails the work: :class:`pipeline.engine.hooks.HookSet` turns its first error into one
+warning and stops calling it.
 """
 
 from __future__ import annotations
@@ -10,41 +17,91 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from pipeline.engine.hooks import Hook, Report, RunEnded, RunStarted, StageDone
-from pipeline.tracking.tracker import MlflowTracker
+from pipeline.engine.hooks import Hook, Report, RunEnded, RunStarted, StageDone, StageStarting
+from pipeline.io.atomic import write_json
+from pipeline.tracking.note import run_note
+from pipeline.tracking.system_metrics import SystemMetricsSampler
+from pipeline.tracking.tracker import NOTE_TAG, MlflowTracker, Tracker, mlflow_client
 
 log = logging.getLogger("pipeline")
 
+RUN_FILE = "mlflow_run.json"  # in the run folder: the MLflow run that holds the folder's results
+
+
+def _saved(run_dir: Path, tracking_uri: str) -> dict[str, Any]:
+    import json
+
+    try:
+        saved = json.loads((run_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) and saved.get("tracking_uri") == tracking_uri else {}
+
+
+def previous_run(run_dir: Path, tracking_uri: str) -> str | None:
+    """The id of the MLflow run recorded in ``run_dir`` for the store ``tracking_uri`` (None if none)."""
+    return _saved(run_dir, tracking_uri).get("run_id")
+
 
 class MlflowHook(Hook):
-    """Logs a run's events to the experiment ``experiment`` of the store ``tracking_uri``."""
+    """Logs a run's events to the experiment ``experiment`` of the store ``tracking_uri``.
 
-    def __init__(self, experiment: str, tracking_uri: str, tags: Mapping[str, str] | None = None) -> None:
+    Args:
+        tags: set on the MLflow run.
+        experiment_tags: set on a new experiment (and added to an existing one that lacks them).
+        reuse: True for ``pipeline run``: create the MLflow run only when a stage runs, and keep a run folder's
+            MLflow run when every stage is reused. False for a ``pipeline infer`` batch: a run at once.
+        system_metrics: seconds between system-metric samples while stages run; None for none.
+    """
+
+    def __init__(self, experiment: str, tracking_uri: str, tags: Mapping[str, str] | None = None,
+                 experiment_tags: Mapping[str, str] | None = None, reuse: bool = False,
+                 system_metrics: float | None = None) -> None:
         self.experiment = experiment
         self.tracking_uri = tracking_uri
         self.tags = dict(tags or {})
-        self.tracker: MlflowTracker | None = None
+        self.experiment_tags = dict(experiment_tags or {})
+        self.reuse = reuse
+        self.system_metrics = system_metrics
+        self.tracker: Tracker | None = None
+        self.reused_run_id: str | None = None
         self.title = f"MLflow tracking ({tracking_uri})"
         self.hint = ("another store: `tracking.tracking_uri` in the workflow or `--tracking-uri`; no tracking: "
                      "`tracking.enabled: false` or `pipeline infer --no-mlflow`")
+        self._started: RunStarted | None = None
+        self._pending: list[Report] = []
+        self._params: dict[str, Any] = {}
+        self._metrics: dict[str, float] = {}
+        self._dataset: Mapping[str, Any] | None = None
+        self._sampler: SystemMetricsSampler | None = None
 
     @property
     def run_id(self) -> str | None:
-        return self.tracker.run_id if self.tracker is not None else None
+        if self.tracker is not None:
+            return self.tracker.run_id
+        return self.reused_run_id
 
     def run_started(self, event: RunStarted) -> None:
-        self.tracker = MlflowTracker(self.experiment, self.tracking_uri, run_name=event.name,
-                                     tags={**self.tags, **event.report.tags})
-        log.info("MLflow run %s in %s", self.tracker.run_id, self.tracking_uri)
-        try:
-            self._log(event.report, tags=False)
-        except Exception:  # created but not usable: do not leave it RUNNING
-            self._abandon()
-            self.tracker = None
-            raise
+        self._started = event
+        self._note(event.report)
+        if not self.reuse:
+            self._open()
+
+    def stage_starting(self, event: StageStarting) -> None:
+        if self.tracker is None:
+            self._open()
+        if self._sampler is None and self.system_metrics and self.tracker is not None:
+            self._sampler = SystemMetricsSampler(self.tracker, self.system_metrics)
+            self._sampler.start()
 
     def stage_done(self, event: StageDone) -> None:
+        self._note(event.report)
+        if self.tracker is None:
+            self._pending.append(event.report)
+            return
         try:
             self._log(event.report)
         except Exception:  # this hook is left out from now on: end its run instead of leaving it RUNNING
@@ -52,20 +109,80 @@ class MlflowHook(Hook):
             raise
 
     def run_ended(self, event: RunEnded) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+        if self.tracker is None and self._started is not None:
+            previous = previous_run(self._started.folder, self.tracking_uri)
+            if event.status == "FINISHED" and previous is not None and self._exists(previous):
+                self.reused_run_id = previous
+                log.info("MLflow run %s holds these results (every stage was reused)", previous)
+                return
+            self._open()
         if self.tracker is None:
             return
         status = event.status
         try:
             if event.error:
                 self.tracker.set_tags({"error": event.error[:5000]})
+            self._note(event.report)
             self._log(event.report)
+            if self.reuse and self._started is not None:
+                self.tracker.set_tags({NOTE_TAG: run_note(self._params, self._metrics, self._started.folder,
+                                                          self._dataset)})
         except Exception:
             status = "FAILED"  # the run's record is incomplete
             raise
         finally:
             self.tracker.end(status)
 
+    def _open(self) -> None:
+        """Create the MLflow run and log what was reported so far."""
+        from pipeline.tracking.fallback import open_tracker
+
+        event = self._started
+        assert event is not None
+        saved = _saved(event.folder, self.tracking_uri) if self.reuse else {}
+        earlier = [*saved.get("earlier_runs", []), saved["run_id"]] if saved.get("run_id") else []
+        tags = {**self.tags, **event.report.tags}
+        name = event.name
+        if earlier:  # the folder's results changed (a stage ran again): a new run, numbered, pointing back
+            tags["pipeline.previous_run_id"] = earlier[-1]
+            name = f"{event.name}.{len(earlier) + 1}"
+
+        def factory(uri: str) -> Tracker:
+            return MlflowTracker(self.experiment, uri, run_name=name, tags=tags,
+                                 experiment_tags=self.experiment_tags)
+
+        self.tracker = open_tracker(self.tracking_uri, factory, event.folder)
+        log.info("MLflow run %s in %s", self.tracker.run_id, self.tracking_uri)
+        try:
+            if self.reuse:
+                write_json(event.folder / RUN_FILE, {"tracking_uri": self.tracking_uri, "experiment": self.experiment,
+                                                     "run_id": self.tracker.run_id, "earlier_runs": earlier})
+            self._log(event.report, tags=False)
+            for report in self._pending:
+                self._log(report)
+            self._pending.clear()
+        except Exception:  # created but not usable: do not leave it RUNNING
+            self._abandon()
+            self.tracker = None
+            raise
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            return mlflow_client(self.tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:
+            return False
+
+    def _note(self, report: Report) -> None:
+        self._params.update(report.params)
+        self._metrics.update(report.metrics)
+        if report.dataset is not None:
+            self._dataset = report.dataset
+
     def _abandon(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
         if self.tracker is not None:
             with contextlib.suppress(Exception):
                 self.tracker.end("FAILED")
@@ -78,9 +195,15 @@ class MlflowHook(Hook):
             t.set_tags(report.tags)
         if report.params:
             t.log_params(report.params)
+        if report.dataset is not None:
+            t.log_dataset(report.dataset)
         for step, values in report.series:
             t.log_metrics(values, step=step)
         if report.metrics:
             t.log_metrics(report.metrics)
         for path, folder in report.artifacts:
             t.log_artifact(path, folder)
+        for path, key in report.images:
+            t.log_image(path, key)
+        for path, name in report.tables:
+            t.log_table(path, name)

@@ -9,6 +9,7 @@ from pipeline.config.schema import Workflow
 from pipeline.data.stage import PrepareRecord, training_identity
 from pipeline.engine.hooks import Report
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
+from pipeline.training.curves import learning_curve_png
 from pipeline.training.trainer import load_history, train
 from pipeline.transforms.stage import PreprocessRecord
 
@@ -23,6 +24,8 @@ class TrainRecord(StageRecord):
         best_val_dice: the best validation Dice (None without validation cases).
         best_epoch: the epoch (1-based) of ``best_checkpoint``.
         epochs: epochs trained.
+        device: where it trained (``cpu``, ``cuda:0``).
+        learning_curve: the PNG of loss, validation Dice and learning rate per epoch.
     """
 
     best_checkpoint: str
@@ -31,6 +34,8 @@ class TrainRecord(StageRecord):
     best_val_dice: float | None
     best_epoch: int
     epochs: int
+    device: str | None = None
+    learning_curve: str | None = None
 
 
 @STAGES.register("train")
@@ -60,10 +65,13 @@ class TrainStage(Stage):
         result = train(ctx.workflow, ctx.run_dir, ctx.stage_dir, ctx.need(PreprocessRecord).cases,
                        {str(k): v for k, v in prep.labels.items()}, list(prep.channels), ctx.resume,
                        prep.spatial_dims)
-        files = ("train/best.pt", "train/last.pt", "train/history.json")
+        curve = "train/learning_curve.png"
+        learning_curve_png(result.history, ctx.path(curve), result.best_epoch)
+        files = ("train/best.pt", "train/last.pt", "train/history.json", curve)
         return TrainRecord(files=files, best_checkpoint=files[0], last_checkpoint=files[1], history=files[2],
                            best_val_dice=result.best_dice if result.best_dice >= 0 else None,
-                           best_epoch=result.best_epoch, epochs=result.epochs)
+                           best_epoch=result.best_epoch, epochs=result.epochs, device=result.device,
+                           learning_curve=curve)
 
     def report(self, ctx: StageContext, record: StageRecord) -> Report:
         assert isinstance(record, TrainRecord)
@@ -73,6 +81,11 @@ class TrainStage(Stage):
         if record.best_val_dice is not None:
             metrics["best_val_dice"] = record.best_val_dice
         artifacts: tuple[tuple[Path, str | None], ...] = ()
+        images: tuple[tuple[Path, str], ...] = ()
         if ctx.workflow.tracking.log_checkpoint:
             artifacts = ((ctx.path(record.best_checkpoint), "checkpoints"),)
-        return Report(metrics=metrics, series=series, artifacts=artifacts)
+        if record.learning_curve:
+            artifacts += ((ctx.path(record.learning_curve), "train"),)
+            images = ((ctx.path(record.learning_curve), "learning_curve"),)
+        tags = {"device": record.device} if record.device else {}
+        return Report(metrics=metrics, series=series, artifacts=artifacts, images=images, tags=tags)

@@ -45,6 +45,7 @@ class TrainResult:
     best_epoch: int
     epochs: int
     history: list[dict[str, float]]
+    device: str = "cpu"
 
 
 def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -181,7 +182,7 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         })
         write_json(stage_dir / "history.json", history)
     bar.close()
-    return TrainResult(best_dice, best_epoch, cfg.epochs, history)
+    return TrainResult(best_dice, best_epoch, cfg.epochs, history, str(device))
 
 
 def load_history(stage_dir: Path) -> list[dict[str, float]]:
