@@ -162,6 +162,18 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return EXIT_CASES_FAILED if counts["failed"] else 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from pipeline.tracking.tracker import resolve_tracking_uri
+    from pipeline.tracking.ui import serve_ui
+
+    uri = args.tracking_uri
+    if uri is None and args.workflow:
+        from pipeline.config.loader import load_workflow
+
+        uri = load_workflow(args.workflow, []).workflow.tracking.tracking_uri
+    return serve_ui(resolve_tracking_uri(uri), host=args.host, port=args.port)
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from pipeline.data.importers import import_dataset
 
@@ -248,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the table as CSV")
     p.add_argument("--markdown", help="also write the table as Markdown")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the project's store (Ctrl-C stops it)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--tracking-uri", help="the store (default: the workflow's, else $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db)")
+    p.add_argument("--workflow", help="use this workflow's tracking.tracking_uri")
+    p.set_defaults(func=_cmd_ui)
 
     from pipeline.data.fetchers import FETCHERS
     from pipeline.data.importers import IMPORTERS
