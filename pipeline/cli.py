@@ -174,6 +174,14 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return serve_ui(resolve_tracking_uri(uri), host=args.host, port=args.port)
 
 
+def _cmd_tracking_sync(args: argparse.Namespace) -> int:
+    from pipeline.tracking.sync import sync_run
+
+    result = sync_run(Path(args.run_dir), tracking_uri=args.tracking_uri)
+    print(result.describe())
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from pipeline.data.importers import import_dataset
 
@@ -268,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "sqlite:///mlflow.db)")
     p.add_argument("--workflow", help="use this workflow's tracking.tracking_uri")
     p.set_defaults(func=_cmd_ui)
+
+    p = sub.add_parser("tracking", help="MLflow tracking: runs recorded while the tracking server was away")
+    tsub = p.add_subparsers(dest="tracking_command", required=True)
+    t = tsub.add_parser("sync", help="push a run folder's local fallback store (mlflow-fallback/) to its tracking "
+                        "server once it is back (a rerun pushes only what is still missing)")
+    t.add_argument("run_dir", help="the run folder `pipeline run` printed (`pipeline infer`: its --output folder)")
+    t.add_argument("--tracking-uri", help="push to this store instead of the server the run was meant for")
+    t.set_defaults(func=_cmd_tracking_sync)
 
     from pipeline.data.fetchers import FETCHERS
     from pipeline.data.importers import IMPORTERS

@@ -154,7 +154,8 @@ class MlflowHook(Hook):
                                  experiment_tags=self.experiment_tags)
 
         self.tracker = open_tracker(self.tracking_uri, factory, event.folder)
-        log.info("MLflow run %s in %s", self.tracker.run_id, self.tracking_uri)
+        if not getattr(self.tracker, "on_fallback", False):
+            log.info("MLflow run %s in %s", self.tracker.run_id, self.tracking_uri)
         try:
             if self.reuse:
                 write_json(event.folder / RUN_FILE, {"tracking_uri": self.tracking_uri, "experiment": self.experiment,
@@ -169,6 +170,12 @@ class MlflowHook(Hook):
             raise
 
     def _exists(self, run_id: str) -> bool:
+        from pipeline.tracking.fallback import check_server, fail_fast_http, is_remote
+
+        if is_remote(self.tracking_uri):
+            fail_fast_http()
+            if check_server(self.tracking_uri) is not None:  # away: the results stay recorded where they are
+                return True
         try:
             return mlflow_client(self.tracking_uri).get_run(run_id).info.lifecycle_stage == "active"
         except Exception:
