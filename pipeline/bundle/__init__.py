@@ -2,7 +2,9 @@
 
 A bundle holds ``bundle.json`` (format version, model architecture, preprocessing / inference / postprocessing
 settings, label and channel names, package versions, where it came from) and ``weights.pt`` (a plain state dict,
-loaded with ``torch.load(weights_only=True)``: loading a bundle never unpickles arbitrary objects).
+loaded with ``torch.load(weights_only=True)``: loading a bundle never unpickles arbitrary objects). ``pipeline export``
+also logs it to MLflow as an MLflow Model (:mod:`pipeline.bundle.pyfunc`): ``mlflow.pyfunc.load_model`` and
+``mlflow models serve`` segment scans with it as ``pipeline infer`` does.
 """
 
 from pipeline.bundle.bundle import (

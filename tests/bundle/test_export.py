@@ -59,6 +59,10 @@ def test_infer_matches_the_run_and_mlflow_uris_work(exported, tiny_run, tmp_path
     (version,) = client.search_model_versions("name='tiny'")
     # Logged to the MLflow run that trained the model (found by its run_dir tag), not a new one.
     assert client.get_run(version.run_id).data.tags["run_dir"] == str(run_dir.resolve())
+    # An MLflow Model of that run (tests/bundle/test_pyfunc.py), with the run's test metrics but not its curves.
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    metrics = {m.key for m in logged.metrics}
+    assert logged.source_run_id == version.run_id and "test_dice_mean" in metrics and "train_loss" not in metrics
     model_uri, runs_uri = f"models:/tiny/{version.version}", f"runs:/{version.run_id}/model"
     results = {}
     for name, model in (("folder", str(out)), ("registry", model_uri), ("run", runs_uri)):
