@@ -143,5 +143,35 @@ def run_workflow(
                      files={workflow_file.name: yaml.safe_dump(resolved, sort_keys=False)})
     evaluated = next((r for r in result.records.values() if isinstance(r, EvaluateRecord)), None)
     summary = evaluated.summary if evaluated is not None else None
-    mlflow_id = next((h.run_id for h in hooks if getattr(h, "run_id", None)), None)
-    return RunResult(run_dir, result.executed, result.reused, summary, mlflow_id)
+    mlflow = next((h for h in hooks if getattr(h, "run_id", None)), None)
+    if wf.tracking.log_model and mlflow is not None and "train" in result.records:
+        _log_model(run_dir, mlflow, wf.name)
+    return RunResult(run_dir, result.executed, result.reused, summary, mlflow.run_id if mlflow else None)
+
+
+def _log_model(run_dir: Path, hook: Any, name: str) -> None:
+    """``tracking.log_model``: the run's model as an MLflow Model of its MLflow run, registered as ``name``
+    (as ``pipeline export`` does). Skipped when that run holds a model already (an unchanged rerun) or is in the
+    fallback store; a failure is a warning: the run's results are complete without it."""
+    import tempfile
+
+    from pipeline.bundle import export_bundle, log_bundle_to_mlflow
+
+    if getattr(hook.tracker, "on_fallback", False):
+        log.warning("tracking.log_model: the run is in the fallback store; log the model once the server is back "
+                    "with `pipeline export %s --out MODEL_DIR`", run_dir)
+        return
+    try:
+        from pipeline.tracking.tracker import mlflow_client
+
+        client = mlflow_client(hook.tracking_uri)
+        run = client.get_run(hook.run_id)
+        if client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{hook.run_id}'"):
+            return
+        with tempfile.TemporaryDirectory(prefix="pipeline-export.") as tmp:
+            bundle = export_bundle(run_dir, Path(tmp) / "bundle", name=name)
+            uris = log_bundle_to_mlflow(bundle, hook.tracking_uri, register_as=name)
+        log.info("model logged to MLflow: %s", uris.get("model_uri", uris["runs_uri"]))
+    except Exception as exc:  # tracking never fails the work
+        log.warning("tracking.log_model: logging the model failed (%s); export it with `pipeline export %s --out "
+                    "MODEL_DIR`", exc, run_dir)

@@ -166,3 +166,17 @@ def test_two_processes_on_one_store_at_once_never_mix(tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert not any("failed" in o and "MLflow" in o for o in outputs), outputs
     _check_separate(uri, dirs)
+
+
+def test_log_model_registers_the_run_model_once(tmp_path: Path) -> None:
+    manifest = blob_dataset(tmp_path / "data", n_train=2, n_val=1, n_test=1)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    wf = tiny_workflow(tmp_path / "wf.yaml", manifest, **{"name": "logged", "tracking.enabled": True,
+                                                          "tracking.tracking_uri": uri, "tracking.log_model": True})
+    first = run_workflow(load_workflow(wf, []), run_dir=tmp_path / "run")
+    client = MlflowClient(uri, registry_uri=uri)
+    [version] = client.search_model_versions("name = 'logged'")
+    assert version.run_id == first.mlflow_run_id
+    again = run_workflow(load_workflow(wf, []), run_dir=tmp_path / "run")  # unchanged: no second model
+    assert again.mlflow_run_id == first.mlflow_run_id
+    assert len(client.search_model_versions("name = 'logged'")) == 1
