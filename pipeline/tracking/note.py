@@ -40,14 +40,14 @@ def run_note(params: Mapping[str, Any], metrics: Mapping[str, float], run_dir: P
         if "test_hd95_mean" in metrics:
             mean += f", HD95 {_fmt(metrics['test_hd95_mean'], 2)}"
         lines += [mean, ""]
-        head = ["class", "Dice"] + (["Dice no CRF"] if crf else []) + ["HD95"]
-        lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        # a list, not a table: MLflow's description pane renders Markdown tables without cell spacing
         for c in classes:
-            row = [c, _fmt(metrics.get(f"test_dice_{c}"))]
+            row = f"- **{c}**: Dice {_fmt(metrics.get(f'test_dice_{c}'))}"
             if crf:
-                row.append(_fmt(metrics.get(f"test_dice_{c}_no_crf")))
-            row.append(_fmt(metrics.get(f"test_hd95_{c}"), 2))
-            lines.append("| " + " | ".join(row) + " |")
+                row += f" (without CRF {_fmt(metrics.get(f'test_dice_{c}_no_crf'))})"
+            if f"test_hd95_{c}" in metrics:
+                row += f", HD95 {_fmt(metrics[f'test_hd95_{c}'], 2)}"
+            lines.append(row)
         lines.append("")
     else:
         lines += ["no test metrics yet (the run did not reach the evaluate stage)", ""]

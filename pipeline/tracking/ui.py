@@ -70,6 +70,27 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 
     raise PipelineError(f"the MLflow server did not answer at {url} within {timeout:.0f} s")
 
 
+ML_VIEW = "workflowType=machine_learning"
+
+
+def experiment_links(tracking_uri: str, url: str) -> list[tuple[str, str]]:
+    """``(experiment, address of its runs table)`` for each experiment of the store, newest first.
+
+    MLflow 3.17's UI opens an experiment in the view of its sidebar switch (GenAI or Model training), which it
+    takes from the address's ``workflowType`` or from the browser's last choice, not from the experiment's kind
+    tag: these addresses open the model-training view in any browser.
+    """
+    from pipeline.tracking.tracker import mlflow_client
+
+    try:
+        experiments = mlflow_client(tracking_uri).search_experiments(order_by=["last_update_time DESC"])
+    except Exception as exc:  # the UI works all the same
+        log.debug("cannot list the experiments: %s", exc)
+        return []
+    return [(e.name, f"{url}/#/experiments/{e.experiment_id}/runs?{ML_VIEW}") for e in experiments
+            if e.name != "Default"]
+
+
 def serve_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
     """Start the UI, print its address and wait until Ctrl-C (or the server's own end); returns its exit code.
 
@@ -92,6 +113,8 @@ def serve_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> in
     try:
         wait_ready(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}", proc)
         print(f"MLflow UI: {url}  (store {tracking_uri}; Ctrl-C to stop)", flush=True)
+        for name, link in experiment_links(tracking_uri, url):
+            print(f"  {name}: {link}", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return 0

@@ -68,7 +68,7 @@ def test_run_holds_tags_note_dataset_metrics_images_and_tables(tracked: tuple[Pa
     assert tags["mlflow.source.name"] == str(wf) and tags["run_dir"] == str(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     note = tags[NOTE_TAG]
-    assert f"test Dice {summary['dice_mean']:.4f}" in note and "| inner |" in note and "| outer |" in note
+    assert f"test Dice {summary['dice_mean']:.4f}" in note and "- **inner**: Dice" in note and "- **outer**: Dice" in note
     assert "`vnet`" in note and str(run_dir) in note and "2 training, 1 validation, 2 test" in note
     [dataset] = run.inputs.dataset_inputs
     assert dataset.dataset.digest == tags["manifest_sha256"][:16]
