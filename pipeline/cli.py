@@ -137,7 +137,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pipeline-model.") as cache:
         bundle = load_bundle(resolve_model(args.model, uri, Path(cache)))
         experiment = args.experiment or inference_experiment(bundle.name)
-        mlflow = None if args.no_mlflow else MlflowHook(experiment, uri)
+        mlflow = None if args.no_mlflow else MlflowHook(experiment, uri, system_metrics=10.0)
         hooks = HookSet([mlflow] if mlflow else [])
         hooks.run_started(batch_started(bundle, args.model, len(inputs), options, args.executor))
         t0 = time.perf_counter()

@@ -8,15 +8,22 @@ and the run ends with the engine's status.
 A rerun that reuses every stage makes no MLflow run: the run folder keeps the id of the MLflow run that holds its
 results (``mlflow_run.json``) and the hook reports that one. A rerun that runs a stage again (``--from``, a changed
 ``infer`` setting, ``--force``) makes a new MLflow run, tagged ``pipeline.previous_run_id`` with the one it
-replaces. The hook never fails the work: :class:`pipeline.engine.hooks.HookSet` turns its first error into one
-warning and stops calling it.
+replaces.
+
+Every call to the store runs in one background thread, in order, so the work never waits for MLflow (importing it,
+opening the store, writing images and artifacts); the hook waits for that thread when the run ends, so everything
+is logged when ``pipeline run`` returns. The hook never fails the work: the first error of that thread is one
+warning ("... the run goes on without it", as :class:`pipeline.engine.hooks.HookSet` says it) and the MLflow run
+is ended ``FAILED`` instead of being left ``RUNNING``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+import queue
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,41 @@ def _saved(run_dir: Path, tracking_uri: str) -> dict[str, Any]:
 def previous_run(run_dir: Path, tracking_uri: str) -> str | None:
     """The id of the MLflow run recorded in ``run_dir`` for the store ``tracking_uri`` (None if none)."""
     return _saved(run_dir, tracking_uri).get("run_id")
+
+
+class _Worker:
+    """Runs submitted calls in order in one background thread; after the first that raises, ``on_error`` is called
+    with its error and the rest are dropped."""
+
+    def __init__(self, on_error: Callable[[Exception], None]) -> None:
+        self.on_error = on_error
+        self.error: Exception | None = None
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="pipeline-mlflow", daemon=True)
+        self._thread.start()
+
+    def submit(self, call: Callable[[], None]) -> None:
+        self._queue.put(call)
+
+    def flush(self) -> None:
+        """Wait until every call submitted so far has run."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Wait until every submitted call has run, and stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (call := self._queue.get()) is not None:
+            try:
+                if self.error is None:
+                    call()
+            except Exception as exc:  # tracking never fails the work
+                self.error = exc
+                self.on_error(exc)
+            finally:
+                self._queue.task_done()
 
 
 class MlflowHook(Hook):
@@ -77,6 +119,7 @@ class MlflowHook(Hook):
         self._metrics: dict[str, float] = {}
         self._dataset: Mapping[str, Any] | None = None
         self._sampler: SystemMetricsSampler | None = None
+        self._worker: _Worker | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -87,53 +130,77 @@ class MlflowHook(Hook):
     def run_started(self, event: RunStarted) -> None:
         self._started = event
         self._note(event.report)
-        if not self.reuse:
-            self._open()
+        if not self.reuse:  # a batch: the run and its system metrics start now
+            self._begin()
 
     def stage_starting(self, event: StageStarting) -> None:
-        if self.tracker is None:
-            self._open()
-        if self._sampler is None and self.system_metrics and self.tracker is not None:
-            self._sampler = SystemMetricsSampler(self.tracker, self.system_metrics)
-            self._sampler.start()
+        if self._worker is None:
+            self._begin()
 
     def stage_done(self, event: StageDone) -> None:
         self._note(event.report)
-        if self.tracker is None:
+        if self._worker is None:
             self._pending.append(event.report)
             return
-        try:
-            self._log(event.report)
-        except Exception:  # this hook is left out from now on: end its run instead of leaving it RUNNING
-            self._abandon()
-            raise
+        report = event.report
+        self._worker.submit(lambda: self._log(report))
 
     def run_ended(self, event: RunEnded) -> None:
-        if self._sampler is not None:
-            self._sampler.stop()
-        if self.tracker is None and self._started is not None:
+        if self._worker is None and self._started is not None:
             previous = previous_run(self._started.folder, self.tracking_uri)
             if event.status == "FINISHED" and previous is not None and self._exists(previous):
                 self.reused_run_id = previous
                 log.info("MLflow run %s holds these results (every stage was reused)", previous)
                 return
-            self._open()
+            self._begin()
+        if self._worker is None:
+            return
+        self._note(event.report)
+        note = (run_note(self._params, self._metrics, self._started.folder, self._dataset)
+                if self.reuse and self._started is not None else None)
+        self._worker.submit(lambda: self._end(event, note))
+        self._worker.close()  # everything is logged when the run's command returns
+
+    def flush(self) -> None:
+        """Wait until everything reported so far is logged (or failed)."""
+        if self._worker is not None:
+            self._worker.flush()
+
+    def _begin(self) -> None:
+        """Create the MLflow run, in the background: the work never waits for the store (the run ends with it)."""
+        self._worker = _Worker(self._failed)
+        self._worker.submit(self._open)
+        self._worker.submit(self._sample)
+
+    def _sample(self) -> None:
+        """Start sampling system metrics."""
+        if self._sampler is None and self.system_metrics and self.tracker is not None:
+            self._sampler = SystemMetricsSampler(self.tracker, self.system_metrics)
+            self._sampler.start()
+
+    def _end(self, event: RunEnded, note: str | None) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
         if self.tracker is None:
             return
         status = event.status
         try:
             if event.error:
                 self.tracker.set_tags({"error": event.error[:5000]})
-            self._note(event.report)
             self._log(event.report)
-            if self.reuse and self._started is not None:
-                self.tracker.set_tags({NOTE_TAG: run_note(self._params, self._metrics, self._started.folder,
-                                                          self._dataset)})
+            if note is not None:
+                self.tracker.set_tags({NOTE_TAG: note})
         except Exception:
             status = "FAILED"  # the run's record is incomplete
             raise
         finally:
             self.tracker.end(status)
+
+    def _failed(self, exc: Exception) -> None:
+        """The first error of the background logging: said once (as :class:`HookSet` says it), the run ended."""
+        log.warning("%s failed (%s: %s); the run goes on without it (%s)", self.title, type(exc).__name__, exc,
+                    self.hint)
+        self._abandon()
 
     def _open(self) -> None:
         """Create the MLflow run and log what was reported so far."""

@@ -188,6 +188,7 @@ class StopServerAfter(Hook):
         self.restarted = False
 
     def stage_done(self, event: StageDone) -> None:
+        self.mlflow_hook.flush()  # the hook logs in the background: let it log this stage first
         if event.stage == self.stage and not event.reused:
             self.server.stop()
         elif self.server.proc is None and not self.restarted and self.mlflow_hook.tracker.on_fallback:
