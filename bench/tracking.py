@@ -13,6 +13,7 @@ start-up included. Prints a Markdown table of the medians and the overhead (targ
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -59,20 +60,23 @@ def main() -> None:
         timed(cmd(False, "warmup"))  # synthetic data, caches
         timed(cmd(True, "warmup-tracked"))  # the store's tables: made once per store, not per run
         times: dict[bool, list[float]] = {False: [], True: []}
+        stage_sums: dict[bool, list[float]] = {False: [], True: []}
         for i in range(args.repeats):
             for tracked in ((False, True) if i % 2 == 0 else (True, False)):
                 times[tracked].append(timed(cmd(tracked, f"run-{int(tracked)}-{i}")))
+                stage_sums[tracked].append(sum(json.loads(f.read_text())["seconds"]
+                                               for f in (tmpdir / f"run-{int(tracked)}-{i}").glob("*/_stage.json")))
                 print(f"repeat {i + 1}: tracking {'on ' if tracked else 'off'} {times[tracked][-1]:.1f} s",
                       file=sys.stderr)
 
     off, on = statistics.median(times[False]), statistics.median(times[True])
     print(f"workflow: {args.workflow} {' '.join(args.set)}; store: {'--uri ' + args.uri if args.uri else 'sqlite'}; "
           f"{os.cpu_count()} CPUs")
-    print("| tracking | runs (s) | median (s) |")
-    print("| --- | --- | ---: |")
+    print("| tracking | runs (s) | median (s) | median of the stages' seconds |")
+    print("| --- | --- | ---: | ---: |")
     for tracked, median in ((False, off), (True, on)):
         runs = ", ".join(f"{t:.1f}" for t in times[tracked])
-        print(f"| {'on' if tracked else 'off'} | {runs} | {median:.1f} |")
+        print(f"| {'on' if tracked else 'off'} | {runs} | {median:.1f} | {statistics.median(stage_sums[tracked]):.1f} |")
     print(f"overhead of tracking: {100 * (on - off) / off:+.1f} % (target ≤ 5 %)")
 
 

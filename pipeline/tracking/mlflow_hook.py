@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Mapping
@@ -77,6 +78,8 @@ class _Worker:
         self._thread.join()
 
     def _loop(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # Linux: this thread only yields the cores to the work
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while (call := self._queue.get()) is not None:
             try:
                 if self.error is None:
