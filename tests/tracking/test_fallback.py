@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-import requests
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
@@ -45,6 +44,7 @@ from pipeline.tracking.fallback import (
 from pipeline.tracking.mlflow_hook import RUN_FILE
 from pipeline.tracking.sync import sync_run
 from pipeline.tracking.tracker import MlflowTracker, Tracker
+from pipeline.tracking.ui import wait_ready
 from tests.utils import blob_dataset, tiny_workflow
 
 _IMAGE_ID = re.compile(r"\+[0-9a-f-]{36}(?=\.png$|\+compressed\.webp$)")
@@ -81,15 +81,10 @@ class Server:
 
     def wait(self, timeout: float = 120.0) -> None:
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.uri + "/health", timeout=1).ok:
-                    return
-            time.sleep(0.2)
-        raise TimeoutError(f"mlflow server not up after {timeout} s")
+        try:
+            wait_ready(self.uri, self.proc, timeout)  # what `pipeline ui` waits with
+        except PipelineError as exc:
+            raise RuntimeError(f"{exc}: {(self.root / 'server.log').read_text()[-3000:]}") from None
 
     def stop(self) -> None:
         """Kill the server (its process group: the CLI and the uvicorn process it started)."""

@@ -13,14 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.tracking.ui import wait_ready
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update",
@@ -88,18 +89,10 @@ class MlflowServer:
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         assert self.proc is not None, "start() first"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with code {self.proc.returncode}:\n{_tail(self.log)}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        raise RuntimeError(f"mlflow server did not answer {self.url}/health within {timeout:.0f} s:\n"
-                           f"{_tail(self.log)}")
+        try:
+            wait_ready(self.url, self.proc, timeout)  # what `pipeline ui` waits with
+        except PipelineError as exc:
+            raise RuntimeError(f"{exc}:\n{_tail(self.log)}") from None
 
     def stop(self) -> None:
         """SIGTERM to the server's own process group (started in a new session: uvicorn and its workers), then
