@@ -136,6 +136,8 @@ def earlier_outputs(folder: Path) -> set[Path]:
     segmented twice)."""
     found = set()
     for record in (folder / STATE_DIR).glob("*.json"):
+        if ".part" in record.name:  # a temporary left by a killed run, not a record
+            continue
         try:
             found.add(Path(json.loads(record.read_text())["output"]).resolve())
         except (OSError, ValueError, KeyError):
