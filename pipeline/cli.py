@@ -10,8 +10,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.config.schema import Workflow
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -26,14 +30,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_tracking(workflow: Workflow) -> None:
+    """The workflow tracks: start the tracking process now, while PyTorch is imported here."""
+    if workflow.tracking.enabled:
+        from pipeline.tracking.process import prewarm
+
+        prewarm()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config.loader import load_workflow
     from pipeline.stages import run_workflow
 
-    loaded = load_workflow(args.workflow, args.set)
+    loaded = load_workflow(args.workflow, args.set, on_sections=_start_tracking)
     result = run_workflow(
         loaded, run_dir=Path(args.run_dir) if args.run_dir else None, from_stage=args.from_stage, only=args.only,
-        force=args.force,
+        force=args.force, tracking_process=True,
     )
     if result.summary:
         s = result.summary
@@ -113,6 +125,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
+    if not args.no_mlflow:
+        from pipeline.tracking.process import prewarm
+
+        prewarm()  # MLflow's imports in the tracking process while PyTorch and the model load here
     import signal
     import tempfile
     import time
@@ -123,7 +139,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from pipeline.cohort.report import count_statuses
     from pipeline.engine.hooks import HookSet
     from pipeline.tracking.inference import batch_ended, batch_started, inference_experiment
-    from pipeline.tracking.mlflow_hook import MlflowHook
+    from pipeline.tracking.mlflow_hook import make_mlflow_hook
     from pipeline.tracking.tracker import resolve_tracking_uri
 
     def terminate(signum: int, frame: object) -> None:  # a kill (SIGTERM) cleans up like Ctrl-C
@@ -137,7 +153,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pipeline-model.") as cache:
         bundle = load_bundle(resolve_model(args.model, uri, Path(cache)))
         experiment = args.experiment or inference_experiment(bundle.name)
-        mlflow = None if args.no_mlflow else MlflowHook(experiment, uri, system_metrics=10.0)
+        mlflow = None if args.no_mlflow else make_mlflow_hook(experiment, uri, process=True, system_metrics=10.0)
         hooks = HookSet([mlflow] if mlflow else [])
         hooks.run_started(batch_started(bundle, args.model, len(inputs), options, args.executor))
         t0 = time.perf_counter()
@@ -319,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        from pipeline.tracking.process import discard_prewarmed
+
+        discard_prewarmed()  # started for a run that stopped before it tracked (bad input)
 
 
 if __name__ == "__main__":

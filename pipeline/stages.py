@@ -73,23 +73,24 @@ class RunResult:
     mlflow_run_id: str | None
 
 
-def default_hooks(loaded: LoadedWorkflow, run_dir: Path) -> list[Hook]:
+def default_hooks(loaded: LoadedWorkflow, run_dir: Path, tracking_process: bool = False) -> list[Hook]:
     """MLflow when ``tracking.enabled`` (experiment: ``tracking.experiment`` or the workflow's name), as a
-    model-training experiment described by the workflow; the run's source, version and model as tags."""
+    model-training experiment described by the workflow; the run's source, version and model as tags. With
+    ``tracking_process`` the MLflow hook runs in a child process (:mod:`pipeline.tracking.process`)."""
     wf = loaded.workflow
     cfg = wf.tracking
     if not cfg.enabled:
         return []
     from pipeline.tracking.context import source_tags
-    from pipeline.tracking.mlflow_hook import MlflowHook
+    from pipeline.tracking.mlflow_hook import make_mlflow_hook
     from pipeline.tracking.note import experiment_note
     from pipeline.tracking.tracker import NOTE_TAG, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking_uri)
     tags = {**source_tags(Path(loaded.source), wf.name, run_dir), "model": wf.model.name}
     experiment_tags = {NOTE_TAG: experiment_note(str(loaded.source), wf.description, _labels(wf))}
-    hook = MlflowHook(cfg.experiment or wf.name, uri, tags=tags, experiment_tags=experiment_tags, reuse=True,
-                      system_metrics=cfg.system_metrics)
+    hook = make_mlflow_hook(cfg.experiment or wf.name, uri, process=tracking_process, tags=tags,
+                            experiment_tags=experiment_tags, reuse=True, system_metrics=cfg.system_metrics)
     return [hook]
 
 
@@ -110,6 +111,7 @@ def run_workflow(
     only: str | None = None,
     force: bool = False,
     hooks: list[Hook] | None = None,
+    tracking_process: bool = False,
 ) -> RunResult:
     """Run (or reuse) every stage of a validated workflow.
 
@@ -120,6 +122,7 @@ def run_workflow(
         only: run just this stage (re-running it); the stages it depends on must be finished.
         force: re-run every stage.
         hooks: receive the run's events (default: :func:`default_hooks`).
+        tracking_process: the default MLflow hook runs in a child process (what ``pipeline run`` does).
 
     Returns:
         The run folder, which stages ran and which were reused, the summary and the MLflow run id.
@@ -133,7 +136,7 @@ def run_workflow(
     wf = loaded.workflow
     stages = [cls() for cls in stage_classes()]
     run_dir = (run_dir or Path("runs") / wf.name / run_name_hash(wf, stages)).resolve()
-    hooks = default_hooks(loaded, run_dir) if hooks is None else hooks
+    hooks = default_hooks(loaded, run_dir, tracking_process) if hooks is None else hooks
     resolved = loaded.resolved()
     workflow_file = run_dir / "workflow.yaml"
     started = RunStarted(f"{wf.name}-{run_dir.name}", run_dir,
@@ -157,7 +160,7 @@ def _log_model(run_dir: Path, hook: Any, name: str) -> None:
 
     from pipeline.bundle import export_bundle, log_bundle_to_mlflow
 
-    if getattr(hook.tracker, "on_fallback", False):
+    if getattr(hook, "on_fallback", False):
         log.warning("tracking.log_model: the run is in the fallback store; log the model once the server is back "
                     "with `pipeline export %s --out MODEL_DIR`", run_dir)
         return

@@ -11,6 +11,7 @@ import copy
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,13 +235,16 @@ def check_component(
     return problems
 
 
-def load_workflow(path: str | Path, overrides: list[str] | None = None, cwd: Path | None = None) -> LoadedWorkflow:
+def load_workflow(path: str | Path, overrides: list[str] | None = None, cwd: Path | None = None,
+                  on_sections: Callable[[Workflow], None] | None = None) -> LoadedWorkflow:
     """Read, expand, override and validate a workflow file.
 
     Args:
         path: the workflow YAML.
         overrides: ``KEY.PATH=VALUE`` assignments applied after presets (``--set``).
         cwd: folder that relative override paths start from (default: the current directory).
+        on_sections: called with the workflow once its sections are valid, before the model and loss checks
+            import PyTorch (seconds): ``pipeline run`` starts its tracking process then.
 
     Returns:
         The validated workflow.
@@ -248,9 +252,6 @@ def load_workflow(path: str | Path, overrides: list[str] | None = None, cwd: Pat
     Raises:
         ConfigError: with every problem found, each with its dotted path.
     """
-    from pipeline.losses import LOSSES
-    from pipeline.models import MODELS
-
     path = Path(path).resolve()
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -267,6 +268,11 @@ def load_workflow(path: str | Path, overrides: list[str] | None = None, cwd: Pat
         workflow = Workflow.model_validate(tree)
     except ValidationError as exc:
         problems.extend(_format_pydantic(exc))
+    if workflow is not None and not problems and on_sections is not None:
+        on_sections(workflow)
+    from pipeline.losses import LOSSES
+    from pipeline.models import MODELS
+
     problems += check_component(MODELS, tree.get("model"), "model", DERIVED_MODEL_ARGS)
     train = tree.get("train")
     if isinstance(train, dict):

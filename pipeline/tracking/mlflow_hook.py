@@ -37,6 +37,8 @@ from pipeline.tracking.tracker import NOTE_TAG, MlflowTracker, Tracker, mlflow_c
 log = logging.getLogger("pipeline")
 
 RUN_FILE = "mlflow_run.json"  # in the run folder: the MLflow run that holds the folder's results
+HINT = ("another store: `tracking.tracking_uri` in the workflow or `--tracking-uri`; no tracking: "
+        "`tracking.enabled: false` or `pipeline infer --no-mlflow`")
 
 
 def _saved(run_dir: Path, tracking_uri: str) -> dict[str, Any]:
@@ -114,8 +116,7 @@ class MlflowHook(Hook):
         self.tracker: Tracker | None = None
         self.reused_run_id: str | None = None
         self.title = f"MLflow tracking ({tracking_uri})"
-        self.hint = ("another store: `tracking.tracking_uri` in the workflow or `--tracking-uri`; no tracking: "
-                     "`tracking.enabled: false` or `pipeline infer --no-mlflow`")
+        self.hint = HINT
         self._started: RunStarted | None = None
         self._pending: list[Report] = []
         self._params: dict[str, Any] = {}
@@ -129,6 +130,11 @@ class MlflowHook(Hook):
         if self.tracker is not None:
             return self.tracker.run_id
         return self.reused_run_id
+
+    @property
+    def on_fallback(self) -> bool:
+        """Whether the run is recorded in the run folder's fallback store (the tracking server was away)."""
+        return bool(getattr(self.tracker, "on_fallback", False))
 
     def run_started(self, event: RunStarted) -> None:
         self._started = event
@@ -284,3 +290,19 @@ class MlflowHook(Hook):
             t.log_image(path, key)
         for path, name in report.tables:
             t.log_table(path, name)
+
+
+def make_mlflow_hook(experiment: str, tracking_uri: str, process: bool = False, **kwargs: Any) -> Hook:
+    """An :class:`MlflowHook` (same arguments), run in a child process when ``process`` and the platform allows
+    (:mod:`pipeline.tracking.process`: the CLI's choice, so MLflow's imports and writes never take the cores the
+    work uses); in this process otherwise, or when the child cannot be started."""
+    if process:
+        from pipeline.tracking.process import HookProcess, available
+
+        if available():
+            try:
+                return HookProcess(f"{__name__}:MlflowHook", title=f"MLflow tracking ({tracking_uri})", hint=HINT,
+                                   experiment=experiment, tracking_uri=tracking_uri, **kwargs)
+            except OSError as exc:
+                log.debug("tracking in this process: the tracking process could not start (%s)", exc)
+    return MlflowHook(experiment, tracking_uri, **kwargs)
