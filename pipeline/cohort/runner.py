@@ -109,7 +109,7 @@ class CaseRunner:
 
     def network(self, loaded: Loaded) -> NetworkOutput:
         t0 = time.perf_counter()
-        out = self.predictor.network(loaded.prepared, self.needs_probs)
+        out = self.predictor.network(loaded.prepared, self.needs_probs, case=loaded.job.case)
         loaded.seconds += time.perf_counter() - t0
         return out
 

@@ -8,6 +8,10 @@ Memory: without probabilities requested and with no resampling in the preprocess
 only, which the inverse undoes exactly), the stitcher keeps only ``uint8`` labels and the labels are inverted
 directly. With resampling (``preprocess.spacing``) the probabilities are kept in float16 and mapped back one class
 at a time with a running argmax: never a full-volume float32 array for every class.
+
+Out of memory on the GPU: :meth:`Predictor.network` retries the case with a halved window batch, then stitching on
+the CPU, then the network on the CPU, with one warning per step (:mod:`pipeline.runtime.oom`); the next case starts
+again from the configured settings.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from torch import nn
 
 from pipeline.config.schema import InferConfig, PreprocessConfig
 from pipeline.inference.optimize import for_inference
-from pipeline.runtime.sliding_window import LabelSink, ProbabilitySink, argmax_labels, stitch
+from pipeline.runtime.sliding_window import LabelSink, ProbabilitySink, argmax_labels, stitch_with_fallback
 from pipeline.transforms.build import deterministic_transforms
 
 
@@ -63,16 +67,17 @@ class Predictor:
                                  "spatial_shape": np.asarray(data.shape[1:])})
         return self.pre({"image": image})  # the meta keeps original_affine and spatial_shape for restore()
 
-    def network(self, prepared: dict[str, Any], probabilities: bool = False) -> NetworkOutput:
-        """Run the sliding window over a prepared image."""
+    def network(self, prepared: dict[str, Any], probabilities: bool = False, case: str | None = None) -> NetworkOutput:
+        """Run the sliding window over a prepared image (falling back on out-of-memory errors; ``case`` names it
+        in the warnings, by default the file name given to :meth:`prepare`)."""
         image = prepared["image"]
         keep_probs = probabilities or self.resamples
         sink: LabelSink | ProbabilitySink = (ProbabilitySink(image.shape[1:]) if keep_probs
                                              else LabelSink(image.shape[1:]))
-        cfg = self.infer
-        stitch(self.model, image, cfg.roi_size, self.device, sink, overlap=cfg.overlap,
-               sw_batch_size=cfg.sw_batch_size, mode=cfg.mode, sigma_scale=cfg.sigma_scale,
-               flip_axes=cfg.tta_flip_axes)
+        if case is None:
+            meta = getattr(image, "meta", {})
+            case = str(meta.get("filename_or_obj", "") or "")
+        stitch_with_fallback(self.model, image, self.infer, self.device, sink, case=case)
         if isinstance(sink, ProbabilitySink):
             return NetworkOutput(prepared, None, sink.result)
         return NetworkOutput(prepared, sink.result, None)

@@ -7,7 +7,12 @@ later window can touch a slab, its probabilities are final and are handed to a *
 probabilities kept in float16). Window positions, padding and the Gaussian weights are MONAI's own
 (``dense_patch_slices``, ``compute_importance_map``), so the result equals MONAI's up to float rounding
 (``tests/runtime/test_stitch.py``). The buffer lives on the compute device, so on a GPU the stitching happens
-there and only finished slabs travel to host memory.
+there and only finished slabs travel to host memory (or, as a fallback when the GPU runs out of memory, on the host:
+``stitch_device``).
+
+:func:`stitch_with_fallback` is what every inference path calls (the infer stage and ``pipeline infer`` through
+:class:`~pipeline.inference.predictor.Predictor`, validation through :func:`predict_case`): :func:`stitch` under the
+out-of-memory ladder of :mod:`pipeline.runtime.oom`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from monai.utils import ensure_tuple_rep, fall_back_tuple
 from torch import nn
 
 from pipeline.config.schema import SlidingWindowConfig
+from pipeline.runtime.oom import HOST, Attempt, run_with_fallback
 
 Sink = Callable[[int, int, torch.Tensor], None]
 
@@ -76,6 +82,7 @@ def stitch(
     sigma_scale: float = 0.125,
     flip_axes: Sequence[int] = (),
     amp: bool = True,
+    stitch_device: torch.device | None = None,
 ) -> None:
     """Predict a channel-first image ``(C, *spatial)`` window by window and feed finished slabs to ``sink``.
 
@@ -93,7 +100,10 @@ def stitch(
         flip_axes: spatial axes to mirror for test-time augmentation: each window's logits are averaged with
             those of its mirrored copies (mirrored back).
         amp: float16 autocast when ``device`` is CUDA.
+        stitch_device: where the stitching buffer lives (default ``device``); each window batch's logits are
+            copied there.
     """
+    sdev = device if stitch_device is None else stitch_device
     x = image.as_tensor() if isinstance(image, MetaTensor) else image
     x = x[None].float()
     nd = x.ndim - 2
@@ -109,12 +119,12 @@ def stitch(
         x = F.pad(x, pad)
     interval = _get_scan_interval(padded, roi, nd, ensure_tuple_rep(overlap, nd))
     windows = [tuple(int(s.start) for s in w) for w in dense_patch_slices(padded, roi, interval)]
-    weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device, dtype=torch.float32)
+    weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=sdev, dtype=torch.float32)
     variants = [()] + [(a + 2,) for a in flip_axes]
     autocast = torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda")
     depth = roi[0]
     acc: torch.Tensor | None = None  # (K, depth, *padded[1:]) weighted logits of the slab under the windows
-    count = torch.zeros((depth, *padded[1:]), dtype=torch.float32, device=device)
+    count = _buffer((depth, *padded[1:]), sdev)
     inner = tuple(slice(b, b + s) for b, s in zip(before[1:], size[1:], strict=True))
 
     def flush(lo: int, hi: int) -> None:
@@ -154,9 +164,9 @@ def stitch(
                 out = torch.flip(out, dims) if dims else out
                 logits = out if logits is None else logits + out
             assert logits is not None
-            logits = logits / len(variants)
+            logits = (logits / len(variants)).to(sdev)
             if acc is None:
-                acc = torch.zeros((logits.shape[1], depth, *padded[1:]), dtype=torch.float32, device=device)
+                acc = _buffer((logits.shape[1], depth, *padded[1:]), sdev)
             for win, st in zip(logits, batch_starts, strict=True):
                 region = (slice(0, depth), *(slice(s, s + r) for s, r in zip(st[1:], roi[1:], strict=True)))
                 acc[(slice(None), *region)] += win * weight
@@ -165,24 +175,75 @@ def stitch(
     flush(previous, previous + depth)
 
 
+def _buffer(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A zeroed float32 stitching buffer (one place to allocate it: the out-of-memory tests patch it)."""
+    return torch.zeros(shape, dtype=torch.float32, device=device)
+
+
+def stitch_with_fallback(
+    model: nn.Module,
+    image: torch.Tensor,
+    cfg: SlidingWindowConfig,
+    device: torch.device,
+    sink: Sink,
+    case: str = "",
+    host: torch.device = HOST,
+) -> Attempt:
+    """:func:`stitch` with ``cfg``'s settings, retried on out-of-memory errors with a halved window batch, then
+    the stitching on ``host``, then the network on ``host`` (:func:`pipeline.runtime.oom.run_with_fallback`).
+
+    The sink is reused across attempts: it assigns each slab (never accumulates), and every attempt hands it every
+    slab again. For the last rung the model is moved to ``host`` in place and moved back to ``device`` afterwards
+    (a copy would need device memory, which just ran out).
+
+    Args:
+        model: network returning logits, in eval mode on ``device``.
+        image: the preprocessed image ``(C, *spatial)``.
+        cfg: window size, overlap, blending, window batch and test-time flips.
+        device: where the network runs and the windows are stitched, to begin with.
+        sink: as for :func:`stitch`.
+        case: names the case in the warnings.
+        host: where the fallback stitches and runs the network.
+
+    Returns:
+        the rung that produced the result (``step == "configured"`` when nothing ran out of memory).
+    """
+
+    def attempt(step: Attempt) -> None:
+        moved = step.network_device != device
+        if moved:
+            model.to(step.network_device)
+        try:
+            stitch(model, image, cfg.roi_size, step.network_device, sink, overlap=cfg.overlap,
+                   sw_batch_size=step.sw_batch_size, mode=cfg.mode, sigma_scale=cfg.sigma_scale,
+                   flip_axes=cfg.tta_flip_axes, stitch_device=step.stitch_device)
+        finally:
+            if moved:
+                model.to(device)
+
+    _, reached = run_with_fallback(attempt, cfg.sw_batch_size, device, case=case, host=host)
+    return reached
+
+
 def channels_last(spatial_dims: int) -> torch.memory_format:
     """The channels-last layout for 2D or 3D batches: oneDNN (CPU) and cuDNN run convolutions faster in it;
     :class:`~pipeline.inference.predictor.Predictor` puts the model's weights in it too."""
     return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
 
 
-def predict_case(model: nn.Module, image: torch.Tensor, cfg: SlidingWindowConfig, device: torch.device) -> torch.Tensor:
+def predict_case(model: nn.Module, image: torch.Tensor, cfg: SlidingWindowConfig, device: torch.device,
+                 case: str = "") -> torch.Tensor:
     """Softmax probabilities ``(K, *spatial)`` (CPU, float32) of one preprocessed channel-first image, with the
-    workflow's sliding-window settings (:func:`stitch`).
+    workflow's sliding-window settings (:func:`stitch_with_fallback`: out-of-memory errors fall back).
 
     Args:
         model: network returning logits, in eval mode on ``device``.
         image: the preprocessed image ``(C, *spatial)``.
         cfg: window size, overlap, blending and test-time flips (``infer`` or ``train.validation``).
         device: where the network runs.
+        case: names the case in out-of-memory warnings.
     """
     sink = ProbabilitySink(image.shape[1:], dtype=torch.float32)
-    stitch(model, image, cfg.roi_size, device, sink, overlap=cfg.overlap, sw_batch_size=cfg.sw_batch_size,
-           mode=cfg.mode, sigma_scale=cfg.sigma_scale, flip_axes=cfg.tta_flip_axes)
+    stitch_with_fallback(model, image, cfg, device, sink, case=case)
     assert sink.result is not None
     return sink.result
