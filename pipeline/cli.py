@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
+    from pipeline.config.loader import LoadedWorkflow
     from pipeline.config.schema import Workflow
 
 EXIT_USER_ERROR = 2
@@ -39,10 +40,43 @@ def _start_tracking(workflow: Workflow) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
     from pipeline.config.loader import load_workflow
+    from pipeline.training.launch import launch
+
+    code = launch(args) if args.nproc is not None else None
+    if code is not None:
+        return code
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # one of torchrun's processes
+    if launched and args.only:
+        raise PipelineError("--only cannot run under torchrun (only the train stage runs in several processes); "
+                            "run it in one process, or use --from STAGE")
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    loaded = load_workflow(args.workflow, args.set, on_sections=_start_tracking if main_rank else None)
+    if not launched:
+        return _run_here(args, loaded)
+    from pipeline.training import distributed
+
+    distributed.init(loaded.workflow.train.device)
+    try:
+        if not main_rank:  # trains with rank 0 and exits: no other stage, no MLflow
+            from pipeline.stages import default_run_dir
+            from pipeline.training.stage import train_with_rank0
+
+            return train_with_rank0(loaded.workflow, Path(args.run_dir).resolve() if args.run_dir
+                                    else default_run_dir(loaded))
+        try:
+            return _run_here(args, loaded)
+        finally:
+            distributed.announce(distributed.ABORTED)  # stopped before the train stage: the others stop waiting
+    finally:
+        distributed.shutdown()
+
+
+def _run_here(args: argparse.Namespace, loaded: LoadedWorkflow) -> int:
     from pipeline.stages import run_workflow
 
-    loaded = load_workflow(args.workflow, args.set, on_sections=_start_tracking)
     result = run_workflow(
         loaded, run_dir=Path(args.run_dir) if args.run_dir else None, from_stage=args.from_stage, only=args.only,
         force=args.force, tracking_process=True,
@@ -229,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run STAGE and every later stage")
     g.add_argument("--only", metavar="STAGE", help="re-run just STAGE (earlier stages must be finished)")
     p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine (PyTorch's torchrun; one per GPU, or N CPU processes): "
+                   "train.batch_size is per process; several machines: torchrun ... -m pipeline run WORKFLOW")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("crf", help="dense CRF on saved class probabilities (x, y, z, class)")

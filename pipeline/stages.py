@@ -53,6 +53,11 @@ def run_id(loaded: LoadedWorkflow) -> str:
     return run_name_hash(loaded.workflow, [cls() for cls in stage_classes()])
 
 
+def default_run_dir(loaded: LoadedWorkflow) -> Path:
+    """Where ``pipeline run`` writes without ``--run-dir``: ``runs/<workflow>/<run-id>`` (absolute)."""
+    return (Path("runs") / loaded.workflow.name / run_id(loaded)).resolve()
+
+
 def load_run(run_dir: str | Path) -> RunRecords:
     """A finished (or partly finished) run folder: its workflow and the typed record of every finished stage.
 
@@ -135,7 +140,7 @@ def run_workflow(
 
     wf = loaded.workflow
     stages = [cls() for cls in stage_classes()]
-    run_dir = (run_dir or Path("runs") / wf.name / run_name_hash(wf, stages)).resolve()
+    run_dir = run_dir.resolve() if run_dir else default_run_dir(loaded)
     hooks = default_hooks(loaded, run_dir, tracking_process) if hooks is None else hooks
     resolved = loaded.resolved()
     workflow_file = run_dir / "workflow.yaml"

@@ -159,6 +159,9 @@ class ValidationConfig(SlidingWindowConfig):
 
 
 class TrainConfig(Strict):
+    """Training. Under several processes (``--nproc``, torchrun) ``batch_size`` and ``iterations_per_epoch`` are per
+    process: a step sees ``batch_size x processes`` samples; the learning-rate schedule is unchanged."""
+
     epochs: int = Field(ge=1)
     iterations_per_epoch: int | None = Field(default=None, ge=1, description="default: one pass over the training cases")
     batch_size: int = Field(default=2, ge=1)
@@ -170,6 +173,10 @@ class TrainConfig(Strict):
     num_workers: int = Field(default=0, ge=0)
     device: Device = "auto"
     progress: bool = True
+    sync_batchnorm: bool = Field(
+        default=False, description="with several processes (pipeline run --nproc N, torchrun), BatchNorm layers "
+        "normalise with the statistics of the whole batch across processes (SyncBatchNorm, GPUs only) instead of each "
+        "process's share")
     validation: ValidationConfig = Field(
         default_factory=ValidationConfig,
         description="sliding-window settings of the validation during training (default: patch-sized windows)")

@@ -3,6 +3,17 @@
 Poly learning-rate decay (power from config, 0.9 by default) per iteration, AMP on CUDA, validation Dice every
 ``val_every`` epochs on whole validation volumes (sliding window), best and last checkpoints, resume from the
 last checkpoint, and a seed that makes CPU runs repeatable (every epoch re-seeds the sampler and augmentations).
+
+Resume is exact: ``last.pt`` holds the model, optimizer, scheduler, AMP scaler and every random state
+(:func:`pipeline.training.checkpoint.rng_state`), so a run killed after epoch ``k`` and run again continues from
+epoch ``k + 1`` and ends with the same tensors and history as an uninterrupted run (on CPU, where kernels are
+deterministic); the train record says ``resumed_from_epoch: k``.
+
+Under torchrun (:mod:`pipeline.training.distributed`) every process trains a DistributedDataParallel copy on its
+share of each epoch's patches. ``train.batch_size`` and ``train.iterations_per_epoch`` are per process, so a step
+sees ``batch_size x world size`` samples and an epoch ``world size`` times the patches; the poly schedule still
+decays per iteration over ``epochs x iterations_per_epoch`` steps (scale ``train.optimizer.lr`` yourself if the
+larger batch wants it). Rank 0 alone validates and writes checkpoints, history and the progress bar.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from typing import Any
 import torch
 from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.metrics import DiceMetric
+from monai.metrics.utils import do_metric_reduction
 from monai.networks.utils import one_hot
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
 from monai.utils import set_determinism
@@ -31,9 +43,9 @@ from pipeline.io.atomic import write_json
 from pipeline.losses import LOSSES
 from pipeline.models import build_model
 from pipeline.models.shapes import check_divisible
-from pipeline.runtime.device import select_device
 from pipeline.runtime.sliding_window import predict_case
-from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training import distributed
+from pipeline.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipeline.transforms.build import random_transforms
 
 log = logging.getLogger("pipeline")
@@ -46,6 +58,8 @@ class TrainResult:
     epochs: int
     history: list[dict[str, float]]
     device: str = "cpu"
+    world_size: int = 1
+    resumed_from_epoch: int | None = None
 
 
 def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -54,7 +68,7 @@ def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch
     out = model(x)
     if isinstance(out, (tuple, list)):
         main, *aux = out
-        weight = float(getattr(model, "aux_weight", 0.4))
+        weight = float(getattr(distributed.unwrap(model), "aux_weight", 0.4))
         return loss_fn(main, y) + weight * sum(loss_fn(a, y) for a in aux)
     return loss_fn(out, y)
 
@@ -78,26 +92,32 @@ def _schedule(opt: torch.optim.Optimizer, wf: Workflow, total_iters: int) -> tor
 def validate(model: nn.Module, data: list[dict[str, Any]], wf: Workflow, device: torch.device,
              num_classes: int) -> float:
     """Mean foreground Dice over the validation volumes (on the preprocessed grid), with the sliding-window settings
-    of ``train.validation``."""
+    of ``train.validation``. Reduced here, not by ``DiceMetric.aggregate``, which would wait for the other ranks of
+    a torchrun launch (only rank 0 validates)."""
     window = wf.train.validation.window(wf.preprocess.patch.size)
     metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
     model.eval()
+    per_case = []
     for item in data:
         probs = predict_case(model, item["image"], window, device)
         pred = one_hot(probs.argmax(0, keepdim=True)[None], num_classes)
         truth = one_hot(item["label"].long()[None], num_classes)
-        metric(pred, truth)
-    value = float(metric.aggregate().item()) if data else float("nan")
+        per_case.append(metric(pred, truth))
+    value = float(do_metric_reduction(torch.cat(per_case), metric.reduction)[0].item()) if data else float("nan")
     model.train()
     return value
+
+
+RANK_SEED_STRIDE = 1_000_003  # rank r augments with seed + epoch + r * stride (rank 0: as a single process)
 
 
 def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequence[Any]],
           labels: dict[str, str], channels: list[str], resume: bool, spatial_dims: int = 3) -> TrainResult:
     """Train the workflow's model on the preprocessed ``cases`` (split → cases with ``image`` and ``label`` paths
-    relative to ``run_dir``) and write checkpoints into ``stage_dir``."""
+    relative to ``run_dir``) and write checkpoints into ``stage_dir`` (rank 0; every rank trains)."""
     cfg, pp = wf.train, wf.preprocess
-    device = select_device(cfg.device)
+    device = distributed.init(cfg.device)
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     num_classes = max(int(k) for k in labels) + 1
     set_determinism(seed=wf.seed)
     model_kwargs = wf.model.kwargs()
@@ -112,14 +132,16 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
     load = [LoadImaged(keys=("image", "label"), image_only=True), EnsureChannelFirstd(keys=("image", "label"))]
     train_tf = Compose(load + random_transforms(pp, spatial_dims))
     train_ds = CacheDataset(files("training"), train_tf, cache_rate=1.0, progress=False)
-    val_ds = CacheDataset(files("validation"), Compose(load + [EnsureTyped(keys=("image", "label"), track_meta=False)]),
+    val_ds = CacheDataset(files("validation") if main else [],
+                          Compose(load + [EnsureTyped(keys=("image", "label"), track_meta=False)]),
                           cache_rate=1.0, progress=False)
     iters = cfg.iterations_per_epoch or math.ceil(len(train_ds) / cfg.batch_size)
     generator = torch.Generator()
-    sampler = torch.utils.data.RandomSampler(train_ds, replacement=True, num_samples=iters * cfg.batch_size,
-                                             generator=generator)
+    sampler = distributed.ShardedRandomSampler(len(train_ds), iters * cfg.batch_size, generator, rank, world)
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=list_data_collate)
+    net = distributed.wrap(model, device, cfg.sync_batchnorm)
+    model = distributed.unwrap(net)  # SyncBatchNorm (when asked) swapped in; what checkpoints save
     opt = _optimizer(model, wf)
     sched = _schedule(opt, wf, cfg.epochs * iters)
     use_amp = cfg.amp and device.type == "cuda"
@@ -127,6 +149,7 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
 
     start, best_dice, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
+    resumed_from = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, device)
         model.load_state_dict(state["model_state"])
@@ -135,25 +158,28 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         scaler.load_state_dict(state["scaler"])
         start, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
         history = list(state["history"])
+        _restore_rng(state, rank, world, train_tf, generator, device)
+        resumed_from = start
         log.info("[train] resuming after epoch %d of %d", start, cfg.epochs)
 
     meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
                       "out_channels": num_classes, "spatial_dims": spatial_dims},
             "labels": labels, "channels": channels}
     # In a log file (no terminal) redraw rarely, so the log stays readable.
-    bar = tqdm(total=cfg.epochs * iters, initial=start * iters, desc="train", unit="it", disable=not cfg.progress,
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
-    model.train()
+    bar = tqdm(total=cfg.epochs * iters, initial=start * iters, desc="train", unit="it",
+               disable=not (cfg.progress and main), dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    net.train()
     for epoch in range(start, cfg.epochs):
-        train_tf.set_random_state(seed=wf.seed + epoch)
-        generator.manual_seed(wf.seed + epoch)
-        torch.manual_seed(wf.seed + epoch)
+        train_tf.set_random_state(seed=wf.seed + epoch + rank * RANK_SEED_STRIDE)
+        generator.manual_seed(wf.seed + epoch)  # the same draw on every rank: the sampler deals it out by rank
+        torch.manual_seed(wf.seed + epoch + rank * RANK_SEED_STRIDE)
         losses = []
         for batch in loader:
             x, y = batch["image"].to(device), batch["label"].to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                loss = compute_loss(model, loss_fn, x, y)
+                loss = compute_loss(net, loss_fn, x, y)
             if not torch.isfinite(loss):
                 raise PipelineError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
                                     "lower train.optimizer.lr")
@@ -165,9 +191,9 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{losses[-1]:.4f}",
                             best_dice=f"{best_dice:.3f}" if best_dice >= 0 else "-")
-        row: dict[str, float] = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
+        row: dict[str, float] = {"epoch": epoch + 1, "train_loss": distributed.mean(sum(losses) / len(losses), device),
                                  "lr": opt.param_groups[0]["lr"]}
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+        if main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             dice = validate(model, list(val_ds), wf, device, num_classes) if len(val_ds) else float("nan")
             row["val_dice"] = dice
             if len(val_ds) == 0 or dice > best_dice:
@@ -175,14 +201,32 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
                 save_checkpoint(best_path, {**meta, "model_state": model.state_dict(), "epoch": epoch,
                                             "val_dice": dice})
         history.append(row)
-        save_checkpoint(last_path, {
-            **meta, "model_state": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "best_dice": best_dice, "best_epoch": best_epoch,
-            "history": history,
-        })
+        rng = distributed.gather(rng_state(train_tf, generator, device))  # after validation: what comes next
+        if main:
+            save_checkpoint(last_path, {
+                **meta, "model_state": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "best_dice": best_dice, "best_epoch": best_epoch, "history": history, "rng": rng,
+                "world_size": world,
+            })
+            write_json(stage_dir / "history.json", history)
+        distributed.barrier()
+    if main:  # a run killed between the last epoch's checkpoint and its history resumes with no epoch left
         write_json(stage_dir / "history.json", history)
     bar.close()
-    return TrainResult(best_dice, best_epoch, cfg.epochs, history, str(device))
+    return TrainResult(best_dice, best_epoch, cfg.epochs, history, str(device), world, resumed_from)
+
+
+def _restore_rng(state: Mapping[str, Any], rank: int, world: int, transform: Any, generator: torch.Generator,
+                 device: torch.device) -> None:
+    """This rank's random states from a checkpoint; one saved by another number of processes has no states for
+    this one (training stays repeatable: every epoch re-seeds), and one from before exact resume none at all."""
+    saved = state.get("rng") or []
+    if state.get("world_size", 1) == world and len(saved) == world:
+        restore_rng_state(saved[rank], transform, generator, device)
+    elif rank == 0:
+        log.warning("[train] %s holds no random states for %d process(es); resuming from the per-epoch seeds only",
+                    "the checkpoint", world)
 
 
 def load_history(stage_dir: Path) -> list[dict[str, float]]:
