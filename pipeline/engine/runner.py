@@ -5,6 +5,7 @@ that name the run, so rerunning an unchanged workflow lands in the same folder a
 
     workflow.yaml        the resolved workflow
     summary.json         written by the evaluate stage
+    _run.lock            the lock a running ``pipeline run`` holds on the folder (:mod:`pipeline.engine.lock`)
     <stage>/_stage.json  reuse key, identity, typed record and timing of a finished stage
     <stage>/_started.json  the key of an attempt in progress (an interrupted attempt with the same key resumes)
     <stage>/...          the stage's files
@@ -13,19 +14,31 @@ A stage's key covers its own config (:meth:`Stage.config`), its external inputs 
 identities of the records it requires and the package version, so an upgrade re-runs every stage. ``--from STAGE``
 is the escape: stages before STAGE whose config and inputs are unchanged are reused even if an older version
 made them.
+
+Crash safety: :func:`execute` holds the run folder's lock for the whole run (a second run on the same folder is
+refused at once), then removes the temporaries that killed writers left in the folder and its stage folders (no
+live writer can own them under the lock). SIGTERM is turned into ``KeyboardInterrupt`` while it runs, so a kill
+ends like Ctrl-C: the open atomic write removes its temporary, the hooks end the run ``KILLED`` and the command
+line says how to resume. Every file is written atomically and a stage only counts as finished once its record is,
+so a process killed at any point (SIGKILL) leaves a folder that the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.config.schema import Workflow
 from pipeline.engine.graph import ancestors, check_stage_name, descendants
 from pipeline.engine.hooks import HookSet, RunEnded, RunStarted, StageDone, StageStarting
+from pipeline.engine.lock import RunLock, is_rank_zero
 from pipeline.engine.records import (
     RECORD,
     STARTED,
@@ -35,10 +48,9 @@ from pipeline.engine.records import (
     read_finished,
     read_json,
 )
-from pipeline.config.schema import Workflow
 from pipeline.engine.stage import Stage, StageContext, StageRecord
 from pipeline.errors import PipelineError
-from pipeline.io.atomic import write_json, write_text
+from pipeline.io.atomic import remove_stale_temporaries_under, write_json, write_text
 
 log = logging.getLogger("pipeline")
 
@@ -88,7 +100,9 @@ def execute(
         files: text files written into ``run_dir`` before the first stage (e.g. the resolved ``workflow.yaml``).
 
     Raises:
-        PipelineError: bad input; a run folder this call created is removed if no stage finished in it.
+        PipelineError: bad input, or another run works in ``run_dir``; a run folder this call created is removed
+            if no stage finished in it.
+        KeyboardInterrupt: Ctrl-C or SIGTERM (the hooks were told the run was ``KILLED``).
     """
     names = [s.name for s in stages]
     check_stage_name("--from", from_stage, names)
@@ -104,7 +118,31 @@ def execute(
     hooks = hooks or HookSet()
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (files or {}).items():
+    try:
+        lock = RunLock.acquire(run_dir) if is_rank_zero() else None
+    except PipelineError as exc:
+        # Ended before it started: the hooks close (the tracking process exits) and no MLflow run is made.
+        hooks.run_ended(RunEnded("FAILED", error=str(exc)))
+        raise
+    try:
+        with _sigterm_as_interrupt():
+            return _execute_locked(workflow, stages, run_dir, version, hooks, started, from_stage, only, force,
+                                   files or {}, created, rerun_names, wanted, escape, graph)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _execute_locked(workflow: Workflow, stages: Sequence[Stage], run_dir: Path, version: str, hooks: HookSet,
+                    started: RunStarted | None, from_stage: str | None, only: str | None, force: bool,
+                    files: Mapping[str, str], created: bool, rerun_names: set[str], wanted: set[str], escape: bool,
+                    graph: Mapping[str, type[Stage]]) -> RunResult:
+    """:func:`execute` once the run folder is locked."""
+    if is_rank_zero():
+        for stale in remove_stale_temporaries_under([run_dir], recursive=False) + \
+                remove_stale_temporaries_under([run_dir / s.name for s in stages]):
+            log.info("removed %s left by an interrupted run", stale)
+    for name, text in files.items():
         write_text(run_dir / name, text)
     result = RunResult(run_dir)
     executions: dict[str, str] = {}
@@ -162,6 +200,32 @@ def execute(
     finally:
         hooks.run_ended(RunEnded(status, error=error))
     return result
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``KeyboardInterrupt`` in the main thread (a kill cleans up like Ctrl-C);
+    SIGTERMs that arrive during that clean-up are ignored so it can finish. The previous handler is put back after.
+    Outside the main thread (signals cannot be handled there) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal received
+        if received:
+            log.warning("SIGTERM again: still cleaning up after the first one")
+            return
+        received = True
+        log.warning("SIGTERM received: stopping")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
 
 
 def _run_stage(stage: Stage, ctx: StageContext, key: str, rerun: bool) -> tuple[StageRecord, float]:
