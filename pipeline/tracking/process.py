@@ -247,8 +247,8 @@ def _serve(incoming: Connection, outgoing: Connection) -> int:
     for name in _LOGGERS[2:]:  # as the CLI has them until the parent says
         logging.getLogger(name).setLevel(logging.WARNING)
     # What the hook will need, imported while the parent imports its own (the point of starting early).
+    import mlflow.store.tracking.sqlalchemy_store
     import mlflow.tracking  # noqa: F401
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     hook: Any = None
     hooks = HookSet()  # a hook that raises is said once and left out, as in the parent

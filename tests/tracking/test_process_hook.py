@@ -128,7 +128,7 @@ def _status_soon(uri: str, seconds: float = 60) -> str:
 
 
 def _tracking_children(parent_pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], check=True, capture_output=True, text=True).stdout
     rows = [line.split(None, 2) for line in out.splitlines()]
     return [int(r[0]) for r in rows if len(r) == 3 and int(r[1]) == parent_pid and "pipeline.tracking.process" in r[2]]
 
