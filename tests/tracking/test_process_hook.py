@@ -105,7 +105,7 @@ def _start(tmp_path: Path, data: Path) -> tuple[subprocess.Popen[str], str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     wf = tiny_workflow(tmp_path / "wf.yaml", data, tracking={"enabled": True, "tracking_uri": uri,
                                                              "system_metrics": 0.2},
-                       **{"train.epochs": 400, "train.val_every": 400})
+                       **{"train.epochs": 100_000, "train.val_every": 100_000})  # killed long before
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(wf), "--run-dir", str(tmp_path / "run")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
@@ -128,9 +128,19 @@ def _status_soon(uri: str, seconds: float = 60) -> str:
 
 
 def _tracking_children(parent_pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], check=True, capture_output=True, text=True).stdout
-    rows = [line.split(None, 2) for line in out.splitlines()]
-    return [int(r[0]) for r in rows if len(r) == 3 and int(r[1]) == parent_pid and "pipeline.tracking.process" in r[2]]
+    """The tracking processes whose parent is ``parent_pid`` (from /proc: ``ps`` cuts long lines to 80 columns)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent_pid and b"pipeline.tracking.process" in cmdline:
+            found.append(int(proc.name))
+    return found
 
 
 def _running(pid: int) -> bool:
