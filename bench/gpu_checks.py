@@ -386,15 +386,6 @@ def child_infer(device_name: str, cases: int = 6, shape: tuple[int, int, int] = 
 def _infer_in(work: Path, device: Any, cases: int, shape: tuple[int, ...]) -> dict:
     import warnings
 
-    import numpy as np
-    import torch
-    from monai.inferers import sliding_window_inference
-    from monai.transforms import AsDiscreted, Compose, Invertd, KeepLargestConnectedComponentd, SaveImaged
-
-    from pipeline.bundle import load_bundle
-    from pipeline.cohort import InferOptions, infer_cohort
-    from pipeline.transforms.build import deterministic_transforms
-
     sys.path.insert(0, str(ROOT / "bench"))  # a real module: its cohort writer runs in a spawned process
     import infer as bench_infer
 
@@ -404,54 +395,13 @@ def _infer_in(work: Path, device: Any, cases: int, shape: tuple[int, ...]) -> di
     bench_infer.make_cohort(inputs_dir, cases + 1, shape, bench_infer.SPACING)
     paths = sorted(inputs_dir.glob("*.nii.gz"))
     warm, inputs = paths[:1], paths[1:]
+    dev = str(device)
 
-    bundle = load_bundle(bundle_dir)
-    model, cfg = bundle.model.to(device).eval(), bundle.infer
-    pre = Compose(deterministic_transforms(bundle.preprocess, keys=("image",)))
-    klc = bundle.postprocess.keep_largest_component
-    klc_classes = list(range(1, bundle.num_classes)) if klc is True else list(klc or [])
-
-    def naive(files: list[Path], out: Path) -> float:
-        post = Compose([
-            Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=False),
-            AsDiscreted(keys="pred", argmax=True),
-            *([KeepLargestConnectedComponentd(keys="pred", applied_labels=klc_classes)] if klc_classes else []),
-            SaveImaged(keys="pred", output_dir=str(out), output_postfix="seg", separate_folder=False,
-                       resample=False, output_dtype=np.uint8, print_log=False),
-        ])
-        t0 = time.perf_counter()
-        for path in files:
-            d = pre({"image": str(path)})
-            with torch.no_grad():
-                x = d["image"][None].to(device)
-                probs = None
-                for dims in [()] + [(a + 2,) for a in cfg.tta_flip_axes]:
-                    xi = torch.flip(x, dims) if dims else x
-                    logits = sliding_window_inference(xi, cfg.roi_size, cfg.sw_batch_size, model,
-                                                      overlap=cfg.overlap, mode=cfg.mode, sigma_scale=cfg.sigma_scale)
-                    p = torch.softmax(logits, 1)
-                    p = torch.flip(p, dims) if dims else p
-                    probs = p if probs is None else probs + p
-            d["pred"] = (probs[0] / (1 + len(cfg.tta_flip_axes))).cpu()
-            post(d)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    def ours(files: list[Path], out: Path) -> float:
-        options = InferOptions(output=out, device=str(device), overwrite=True)
-        t0 = time.perf_counter()
-        rows = infer_cohort(bundle, files, options, progress=False)
-        seconds = time.perf_counter() - t0
-        failed = [r for r in rows if r.status != "written"]
-        if failed:
-            raise SystemExit(f"cases not written: {failed}")
-        return seconds
-
-    naive(warm, work / "warm_naive")  # CUDA context, cuDNN autotuning, first-call costs: not counted
-    ours(warm, work / "warm_ours")
-    naive_s = naive(inputs, work / "out_naive")
-    ours_s = ours(inputs, work / "out_ours")
+    # bench/infer.py's two loops, on the GPU. CUDA context, cuDNN autotuning, first-call costs: not counted
+    bench_infer.child_naive(bundle_dir, warm, work / "warm_naive", device=dev)
+    bench_infer.child_ours(bundle_dir, warm, work / "warm_ours", device=dev)
+    naive_s = bench_infer.child_naive(bundle_dir, inputs, work / "out_naive", device=dev)
+    ours_s = bench_infer.child_ours(bundle_dir, inputs, work / "out_ours", device=dev)
     agree = bench_infer.agreement(work / "out_ours", work / "out_naive")
     return {"naive_s": naive_s, "ours_s": ours_s, "cases": len(inputs), "agreement": agree}
 

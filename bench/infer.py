@@ -93,8 +93,8 @@ def random_bundle(folder: Path) -> Path:
                         source={"workflow": "vnet_prostate", "note": "random weights (bench)"})
 
 
-def child_naive(bundle_dir: Path, inputs: list[Path], out: Path) -> float:
-    """The naive MONAI loop; returns the seconds of the loop (model already loaded)."""
+def child_naive(bundle_dir: Path, inputs: list[Path], out: Path, device: str = "cpu") -> float:
+    """The naive MONAI loop on ``device``; returns the seconds of the loop (model already loaded)."""
     import warnings
 
     import torch
@@ -106,7 +106,8 @@ def child_naive(bundle_dir: Path, inputs: list[Path], out: Path) -> float:
 
     warnings.filterwarnings("ignore")
     bundle = load_bundle(bundle_dir)
-    model, cfg = bundle.model, bundle.infer
+    dev = torch.device(device)
+    model, cfg = bundle.model.to(dev).eval(), bundle.infer
     pre = Compose(deterministic_transforms(bundle.preprocess, keys=("image",)))
     klc = bundle.postprocess.keep_largest_component
     klc_classes = list(range(1, bundle.num_classes)) if klc is True else list(klc or [])
@@ -121,7 +122,7 @@ def child_naive(bundle_dir: Path, inputs: list[Path], out: Path) -> float:
     for path in inputs:
         d = pre({"image": str(path)})
         with torch.no_grad():
-            x = d["image"][None]
+            x = d["image"][None].to(dev)
             probs = None
             for dims in [()] + [(a + 2,) for a in cfg.tta_flip_axes]:
                 xi = torch.flip(x, dims) if dims else x
@@ -130,18 +131,23 @@ def child_naive(bundle_dir: Path, inputs: list[Path], out: Path) -> float:
                 p = torch.softmax(logits, 1)
                 p = torch.flip(p, dims) if dims else p
                 probs = p if probs is None else probs + p
-        d["pred"] = probs[0] / (1 + len(cfg.tta_flip_axes))
+        d["pred"] = (probs[0] / (1 + len(cfg.tta_flip_axes))).cpu()
         post(d)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
-def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int) -> float:
-    """`pipeline infer`'s engine, in process; returns the seconds of the batch (model already loaded)."""
+def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int | None = None,
+               device: str = "cpu") -> float:
+    """`pipeline infer`'s engine, in process, on ``device``; returns the seconds of the batch (model already
+    loaded)."""
     from pipeline.bundle import load_bundle
     from pipeline.cohort import InferOptions, infer_cohort
 
     bundle = load_bundle(bundle_dir)
-    options = InferOptions(output=out, prefetch=prefetch, device="cpu", overwrite=True)
+    options = InferOptions(output=out, device=device, overwrite=True,
+                           **({} if prefetch is None else {"prefetch": prefetch}))
     t0 = time.perf_counter()
     rows = infer_cohort(bundle, inputs, options, progress=False)
     seconds = time.perf_counter() - t0
