@@ -31,6 +31,10 @@ class DataConfig(Strict):
         description="folder the manifest's relative image paths start from (default: the manifest's data_root, "
         "else its folder); synthetic manifests generate their files there on first use",
     )
+    max_voxels: int = Field(
+        default=2**28, ge=1, description="largest scan, in voxels (times channels), read without asking: a header "
+        "declaring more is refused before any decompression (raise it for very large scans)",
+    )
 
 
 class IntensityConfig(Strict):
@@ -83,6 +87,9 @@ class PreprocessConfig(Strict):
     crop_margin: int = Field(default=4, ge=0)
     patch: PatchConfig
     augment: AugmentConfig = AugmentConfig()
+    nan_policy: Literal["refuse", "fill"] = Field(
+        default="refuse", description="NaN or infinite voxels (registration tools write NaN outside the field of "
+        "view): refuse the case, or fill them with the scan's smallest finite value and record how many were filled")
 
     @field_validator("orientation")
     @classmethod
