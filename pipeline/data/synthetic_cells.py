@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from pipeline.data.manifest import confined_path
 from pipeline.errors import DataError
 
 __all__ = [
@@ -287,7 +288,9 @@ def _check_entry(entry: Any, source: Any, keys: Sequence[str], what: str) -> int
 
 def write_cells_case(root: Path, entry: dict, source: dict, spatial_dims: int | None = None) -> None:
     """Generate the case ``entry['id']`` and write ``entry['image']``, ``entry['label']`` and, when the entry has
-    one, ``entry['instances']`` under ``root`` (NIfTI, atomically; instances first, image last).
+    one, ``entry['instances']`` under ``root`` (NIfTI, atomically; instances first, image last). Every path
+    (relative to ``root``, or absolute) must resolve under ``root`` (:func:`pipeline.data.manifest.confined_path`);
+    nothing is written otherwise.
 
     ``spatial_dims`` (2 or 3) defaults to ``source['spatial_dims']``, else 2. The seed comes from
     ``source['seed']`` and the case id (:func:`case_seed`); optional ``source['shape']``, ``source['spacing']``
@@ -309,17 +312,17 @@ def write_cells_case(root: Path, entry: dict, source: dict, spatial_dims: int | 
     boundary = source.get("boundary_class", False)
     if not isinstance(boundary, bool):
         raise DataError(f"{what} source: 'boundary_class' must be true or false, got {boundary!r}")
-    image, label, instances, affine = make_cells_case(case_seed(seed, entry["id"], ndim), shape, spacing, boundary)
-    root = Path(root)
-    outputs = []
-    if isinstance(entry.get("instances"), str) and entry["instances"]:
-        outputs.append(("instances", instances, np.uint16))
-    outputs += [("label", label, np.uint8), ("image", image, np.float32)]
-    for key, data, dtype in outputs:
-        target = root / entry[key]
-        if not target.name.endswith((".nii.gz", ".nii")):
+    keys = ["instances"] if isinstance(entry.get("instances"), str) and entry["instances"] else []
+    keys += ["label", "image"]
+    targets = {}  # every target is checked before anything is written
+    for key in keys:
+        targets[key] = confined_path(root, entry[key], f"{what}: entry {entry['id']!r} {key}")
+        if not targets[key].name.endswith((".nii.gz", ".nii")):
             raise DataError(f"{what}: entry {entry['id']!r} {key} path must end in .nii.gz: {entry[key]}")
-        save_nifti(target, data, affine, dtype)
+    image, label, instances, affine = make_cells_case(case_seed(seed, entry["id"], ndim), shape, spacing, boundary)
+    arrays = {"instances": (instances, np.uint16), "label": (label, np.uint8), "image": (image, np.float32)}
+    for key in keys:
+        save_nifti(targets[key], arrays[key][0], affine, arrays[key][1])
 
 
 def write_cells_2d_case(root: Path, entry: dict, source: dict) -> None:

@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.manifest import confined_path
 from pipeline.errors import DataError
 
 __all__ = [
@@ -328,6 +329,8 @@ def _parse_pair(source: Mapping[str, Any], key: str, default: Sequence[float], k
 def write_oct_case(root: Path, entry: dict, source: dict) -> None:
     """Generate the case ``entry['id']`` and write ``entry['image']``, ``entry['label']`` (NIfTI) and, when the
     entry has one, ``entry['boundaries']`` (``.npy``) under ``root``, atomically (boundaries first, image last).
+    Every path (relative to ``root``, or absolute) must resolve under ``root``
+    (:func:`pipeline.data.manifest.confined_path`); nothing is written otherwise.
 
     The seed comes from ``source['seed']`` and the case id (:func:`case_seed`); optional ``source['shape']``
     (``[X, Y]``, or ``[X, Y, Z]`` for a volume of B-scans), ``source['spacing']`` (mm) and
@@ -341,6 +344,15 @@ def write_oct_case(root: Path, entry: dict, source: dict) -> None:
 
     what = "synthetic OCT"
     seed = _check_entry(entry, source, ("id", "image", "label"), what)
+    targets = {}  # every target is checked before anything is written
+    if isinstance(entry.get("boundaries"), str) and entry["boundaries"]:
+        targets["boundaries"] = confined_path(root, entry["boundaries"], f"{what}: entry {entry['id']!r} boundaries")
+        if targets["boundaries"].suffix != ".npy":
+            raise DataError(f"{what}: entry {entry['id']!r} boundaries path must end in .npy: {entry['boundaries']}")
+    for key in ("label", "image"):
+        targets[key] = confined_path(root, entry[key], f"{what}: entry {entry['id']!r} {key}")
+        if not targets[key].name.endswith((".nii.gz", ".nii")):
+            raise DataError(f"{what}: entry {entry['id']!r} {key} path must end in .nii.gz: {entry[key]}")
     prob = source.get("fluid_probability", 0.5)
     if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
         raise DataError(f"{what} source: 'fluid_probability' must be a number in [0, 1], got {prob!r}")
@@ -352,17 +364,10 @@ def write_oct_case(root: Path, entry: dict, source: dict) -> None:
         shape = _parse_pair(source, "shape", DEFAULT_SHAPE, int)
         spacing = _parse_pair(source, "spacing", DEFAULT_SPACING, float)
         image, label, bounds, affine = make_oct_case(case_seed(seed, entry["id"]), shape, spacing, float(prob))
-    root = Path(root)
-    if isinstance(entry.get("boundaries"), str) and entry["boundaries"]:
-        target = root / entry["boundaries"]
-        if target.suffix != ".npy":
-            raise DataError(f"{what}: entry {entry['id']!r} boundaries path must end in .npy: {entry['boundaries']}")
-        save_npy(target, bounds)
+    if "boundaries" in targets:
+        save_npy(targets["boundaries"], bounds)
     for key, data, dtype in (("label", label, np.uint8), ("image", image, np.float32)):
-        target = root / entry[key]
-        if not target.name.endswith((".nii.gz", ".nii")):
-            raise DataError(f"{what}: entry {entry['id']!r} {key} path must end in .nii.gz: {entry[key]}")
-        save_nifti(target, data, affine, dtype)
+        save_nifti(targets[key], data, affine, dtype)
 
 
 def register(registry: Any) -> None:

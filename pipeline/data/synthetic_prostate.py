@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from pipeline.data.manifest import confined_path
 from pipeline.data.storage import save_nifti
 from pipeline.data.synthetic_prostate_fields import (
     ellipsoid_distance,
@@ -307,6 +308,9 @@ def _parse_triplet(source: Mapping[str, Any], key: str, default: Sequence[float]
 def write_prostate_case(root: Path, entry: dict, source: dict) -> None:
     """Generate the case ``entry['id']`` and write ``entry['image']`` / ``entry['label']`` under ``root``.
 
+    Both paths (relative to ``root``, or absolute) must resolve under ``root``
+    (:func:`pipeline.data.manifest.confined_path`); nothing is written otherwise.
+
     The seed is derived from ``source['seed']`` and the case id with :func:`case_seed`. Optional ``source['shape']``
     (3 ints) and ``source['spacing']`` (3 floats) override the defaults. Both files are NIfTI (``.nii.gz``) written
     atomically, with qform and sform (code 1) set to the generated affine; the image is float32, the label uint8.
@@ -327,10 +331,11 @@ def write_prostate_case(root: Path, entry: dict, source: dict) -> None:
     shape = _parse_triplet(source, "shape", DEFAULT_SHAPE, int)
     spacing = _parse_triplet(source, "spacing", DEFAULT_SPACING, float)
 
-    image, label, affine = make_prostate_case(case_seed(seed, entry["id"]), shape=shape, spacing=spacing)
-    root = Path(root)
-    for key, data, dtype in (("image", image, np.float32), ("label", label, np.uint8)):
-        target = root / entry[key]
-        if not target.name.endswith((".nii.gz", ".nii")):
+    targets = {}  # every target is checked before anything is written
+    for key in ("image", "label"):
+        targets[key] = confined_path(root, entry[key], f"synthetic prostate: entry {entry['id']!r} {key}")
+        if not targets[key].name.endswith((".nii.gz", ".nii")):
             raise DataError(f"synthetic prostate: entry {entry['id']!r} {key} path must end in .nii.gz: {entry[key]}")
-        save_nifti(target, data, affine, dtype)
+    image, label, affine = make_prostate_case(case_seed(seed, entry["id"]), shape=shape, spacing=spacing)
+    for key, data, dtype in (("image", image, np.float32), ("label", label, np.uint8)):
+        save_nifti(targets[key], data, affine, dtype)

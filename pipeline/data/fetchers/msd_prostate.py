@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.data.fetchers import register_fetcher
 from pipeline.data.fetchers.archive import safe_extract
 from pipeline.data.fetchers.download import check_md5, download
+from pipeline.data.manifest import case_id_problem
 from pipeline.data.splits import NUM_FOLDS, rel_to, split_cases
 from pipeline.errors import DataError
 from pipeline.io.atomic import write_json
@@ -199,8 +200,10 @@ def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
         )
     try:
         meta = json.loads(ds_json.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{ds_json} is not valid JSON ({e}); {_redo(dataset_dir)}") from e
+    except RecursionError:
+        raise DataError(f"{ds_json} is not valid JSON (nested too deeply); {_redo(dataset_dir)}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: JSONDecodeError, over-long integers
+        raise DataError(f"{ds_json} is not valid JSON ({e}); {_redo(dataset_dir)}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("training"), list):
         raise DataError(f"{ds_json} has no 'training' list: it is not an MSD dataset.json; {_redo(dataset_dir)}")
 
@@ -250,6 +253,11 @@ def write_msd_manifest(dataset_dir: Path, out: Path, seed: int = 0) -> dict:
     if not cases:
         raise DataError(f"{ds_json} lists no labelled training cases; {_redo(dataset_dir)}")
     ids = [c["id"] for c in cases] + [_case_id(p) for p in unlabeled_paths]
+    for cid, p in zip(ids, [c["image_path"] for c in cases] + unlabeled_paths, strict=True):
+        problem = case_id_problem(cid)
+        if problem is not None:
+            raise DataError(f"{ds_json} lists {p}, which would give the case id {cid!r}: {problem}; "
+                            f"{_redo(dataset_dir)}")
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise DataError(f"{ds_json} lists case id(s) more than once: {', '.join(dupes)}; {_redo(dataset_dir)}")

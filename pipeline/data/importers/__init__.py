@@ -14,25 +14,46 @@ a MONAI-readable manifest) with the helpers there, and splits the cases with
 into training / validation / test, training folds 0..4 round-robin, validation and test fold -1.
 
 Every importer rejects a folder that is not in its layout with a :class:`~pipeline.errors.DataError` naming what
-is missing.
+is missing. Case ids built from source names (folder or file names) must be safe file names
+(:data:`pipeline.data.manifest.CASE_ID_RULE`): an importer checks them all with :func:`check_source_ids` before it
+writes anything, and writes only under ``out``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DataError
 from pipeline.registry import Registry, import_submodules
 
-__all__ = ["IMPORTERS", "Importer", "import_dataset"]
+__all__ = ["IMPORTERS", "Importer", "check_source_ids", "import_dataset"]
 
 Importer = Callable[..., Path]
 """``importer(src: Path, out: Path, **options) -> manifest path``."""
 
 IMPORTERS: Registry[Importer] = Registry("data set importer")
+
+
+def check_source_ids(name: str, ids: Iterable[tuple[str, Path]]) -> None:
+    """Refuse, before anything is written, case ids built from source names that are not safe file names.
+
+    Args:
+        name: the data set (for the message).
+        ids: ``(case id, the source file or folder it was built from)`` pairs.
+
+    Raises:
+        DataError: naming the source path, the id and the rule (rename the file or folder).
+    """
+    from pipeline.data.manifest import case_id_problem
+
+    for cid, source in ids:
+        problem = case_id_problem(cid)
+        if problem is not None:
+            raise DataError(f"{name}: {source} would give the case id {cid!r}: {problem}. Rename it (nothing was "
+                            "imported)")
 
 
 def import_dataset(name: str, src: str | os.PathLike[str], out: str | os.PathLike[str], **options: Any) -> Path:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import IMPORTERS
+from pipeline.data.importers import IMPORTERS, check_source_ids
 from pipeline.data.storage import (
     manifest_base,
     parse_spacing,
@@ -56,6 +56,7 @@ def import_ctc(src: Path, out: Path, spacing: Any = None, seed: int = 0) -> Path
     if not annotations:
         raise DataError(f"no '<seq>_GT/SEG/man_segNNN.tif' found under {src}: is this a Cell Tracking Challenge "
                         "training data set folder (with e.g. 01/t000.tif and 01_GT/SEG/man_seg000.tif)?")
+    check_source_ids(NAME, ((f"{d.parent.name[: -len('_GT')]}_t000", d.parent) for d in seg_dirs))
     frames: dict[str, dict[int, Path]] = {}
     loaded: dict[Path, np.ndarray] = {}
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import IMPORTERS
+from pipeline.data.importers import IMPORTERS, check_source_ids
 from pipeline.data.storage import (
     manifest_base,
     parse_spacing,
@@ -59,6 +59,7 @@ def import_dsb2018(src: Path, out: Path, spacing: Any = None, seed: int = 0) -> 
     if not folders:
         raise DataError(f"no '<id>/images/<id>.png' found under {src}: is this the DSB 2018 stage1_train folder "
                         "(one folder per image id, each with images/ and masks/)?")
+    check_source_ids(NAME, ((d.name, d) for d in folders))
     affine = spacing_affine(sp)
     cases: list[dict[str, Any]] = []
     unlabeled: list[dict[str, Any]] = []

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import IMPORTERS
+from pipeline.data.importers import IMPORTERS, check_source_ids
 from pipeline.data.storage import (
     manifest_base,
     parse_spacing,
@@ -120,10 +120,15 @@ def import_duke_dme(src: Path, out: Path, grader: int = 1, spacing: Any = None, 
                         "(Subject_01.mat .. Subject_10.mat)?")
     sp = parse_spacing(spacing, 2, SPACING, NAME)
     affine = spacing_affine(sp)
+
+    def subject_of(path: Path) -> str:
+        digits = "".join(ch for ch in path.stem if "0" <= ch <= "9")
+        return f"subject{int(digits):02d}" if digits else path.stem.lower()
+
+    check_source_ids(NAME, ((f"{subject_of(p)}_b00", p) for p in mats))
     cases: list[dict[str, Any]] = []
     for path in mats:
-        digits = "".join(ch for ch in path.stem if ch.isdigit())
-        subject = f"subject{int(digits):02d}" if digits else path.stem.lower()
+        subject = subject_of(path)
         images, layers, fluid = _load(path, grader)
         depth = images.shape[0]
         for s in range(images.shape[2]):

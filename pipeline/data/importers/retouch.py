@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.importers import IMPORTERS
+from pipeline.data.importers import IMPORTERS, check_source_ids
 from pipeline.data.storage import manifest_base, write_manifest
 from pipeline.errors import DataError
 from pipeline.io.atomic import atomic_path
@@ -61,12 +61,17 @@ def import_retouch(src: Path, out: Path, seed: int = 0) -> Path:
     if not octs:
         raise DataError(f"no '<volume>/oct.mhd' found under {src}: is this a RETOUCH data set folder (e.g. "
                         "RETOUCH-TrainingSet-Cirrus/TRAIN001/oct.mhd with reference.mhd)?")
+
+    def volume_id(oct_path: Path) -> str:
+        return "_".join(oct_path.parent.relative_to(src).parts or (oct_path.parent.name,))
+
+    check_source_ids(NAME, ((volume_id(p), p.parent) for p in octs))
     cases: list[dict[str, Any]] = []
     unlabeled: list[dict[str, Any]] = []
     for oct_path in octs:
         vol_dir = oct_path.parent
         parts = vol_dir.relative_to(src).parts or (vol_dir.name,)
-        cid = "_".join(parts)
+        cid = volume_id(oct_path)
         vendor = next((v.capitalize() for part in reversed((src.resolve().name, *parts)) for v in _VENDORS
                        if v in part.lower()), None)
         image = _read(sitk, oct_path)
