@@ -82,6 +82,8 @@ class VNet(nn.Module):
         super().__init__()
         if levels < 2:
             raise ValueError(f"levels must be at least 2, not {levels}")
+        if levels > 16:  # channels double per level: 16 levels already have 2**15 x base_channels
+            raise ValueError(f"levels must be at most 16, not {levels}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, not {kernel_size}")
         convs = list(convs_per_level) if convs_per_level is not None else [min(i + 1, 3) for i in range(levels)]

@@ -104,3 +104,74 @@ def test_bad_override_syntax(tmp_path: Path, manifest: Path) -> None:
     path = tiny_workflow(tmp_path / "wf.yaml", manifest)
     assert "expected KEY.PATH=VALUE" in problems_of(path, ["train.epochs"])[0]
     assert "unknown key" in problems_of(path, ["train.nope=1"])[0]
+
+
+def test_shipped_workflows_validate_with_their_models_on_the_meta_device() -> None:
+    """Every shipped workflow passes the value checks; its model is built on the meta device (no weights)."""
+    for path in sorted((REPO / "workflows").glob("*.yaml")):
+        assert load_workflow(path).workflow.name == path.stem
+
+
+def test_meta_build_matches_a_real_build_and_leaves_initialisation_alone() -> None:
+    """build_on_meta has the real model's parameter count, allocates nothing, and a later real build is initialised
+    (the init functions are skipped only inside it)."""
+    import torch
+
+    from pipeline.models import build_model
+    from pipeline.models.shapes import build_on_meta
+
+    for name, kwargs, dims in [("unet", {"channels": [4, 8], "strides": [2]}, 2),
+                               ("fcn8s", {"width": 8}, 2), ("deeplabv3plus", {"width": 8}, 2)]:
+        meta = build_on_meta(name, kwargs, 1, 3, spatial_dims=dims)
+        real = build_model(name, kwargs, 1, 3, spatial_dims=dims)
+        assert {p.device.type for p in meta.parameters()} == {"meta"}
+        assert sum(p.numel() for p in meta.parameters()) == sum(p.numel() for p in real.parameters())
+        weights = [p for p in real.parameters() if p.dim() > 1]
+        assert all(torch.isfinite(p.detach()).all() for p in weights) and any(float(p.detach().std()) > 0
+                                                                               for p in weights)
+
+
+def test_model_size_limits_name_the_model_and_count() -> None:
+    """A model above the parameter or layer limit is refused while it is built, naming the model and the count."""
+    from pipeline.models.shapes import ModelTooLarge, build_on_meta
+
+    with pytest.raises(ModelTooLarge, match=r"'unet' .* more than 1,000 parameters"):
+        build_on_meta("unet", {"channels": [4, 8], "strides": [2]}, 1, 2, spatial_dims=2, max_parameters=1000)
+    with pytest.raises(ModelTooLarge, match=r"'vnet' .* more than 10 layers"):
+        build_on_meta("vnet", {"levels": 2, "convs_per_level": [1, 1]}, 1, 2, max_modules=10)
+
+
+@pytest.mark.parametrize("text", [
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcd", "bcde", strict=True)),
+    "a: &a [1, *a]\n", "x: " + "[" * 5000 + "]" * 5000 + "\n", "x:\n" + "".join(" " * i + "-\n" for i in range(1, 200)),
+], ids=["aliases", "recursive", "flow-depth", "block-depth"])
+def test_yaml_budget_without_libyaml(text: str) -> None:
+    """The all-Python parser (PyYAML without libyaml) refuses the same documents, by their events."""
+    from pipeline.config.loader import YAMLBudgetError, _PythonEvents, check_yaml_budget
+
+    with pytest.raises(YAMLBudgetError):
+        check_yaml_budget(text, _PythonEvents)
+    check_yaml_budget((REPO / "workflows" / "vnet_prostate.yaml").read_text(), _PythonEvents)
+
+
+def test_default_run_dir_stays_under_runs(tmp_path: Path, manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workflow whose name escapes runs/ (built without validation) is refused by default_run_dir too."""
+    from pipeline.errors import PipelineError
+    from pipeline.stages import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    loaded = load_workflow(tiny_workflow(tmp_path / "wf.yaml", manifest))
+    assert default_run_dir(loaded).parent.parent == (tmp_path / "runs").resolve()
+    for name in ("..", "../../x", ".hidden", "a/b"):
+        bad = type(loaded)(workflow=loaded.workflow.model_copy(update={"name": name}), source=loaded.source)
+        with pytest.raises(PipelineError, match="name"):
+            default_run_dir(bad)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_section_given_where_a_path_belongs(tmp_path: Path, manifest: Path) -> None:
+    """`data: {manifest: {}}` (a mapping where a path belongs) is a problem, not an IndexError (found by the
+    property test)."""
+    assert any(p.startswith("data.manifest: should be a file path") for p in
+               problems_of(tiny_workflow(tmp_path / "wf.yaml", manifest, **{"data.manifest": {}})))
