@@ -274,7 +274,8 @@ def test_truncated_and_unsupported_files_raise_data_error(tmp_path: Path) -> Non
 
     sitk.WriteImage(itk_image(volume()), str(tmp_path / "full.mha"))
     (tmp_path / "cut.mha").write_bytes((tmp_path / "full.mha").read_bytes()[:-50])
-    with pytest.raises(DataError, match=r"cut\.mha: cannot read .*truncated or corrupt"):
+    with pytest.raises(DataError, match=r"cut\.mha: truncated: the header declares 7x6x5 voxels .* \(420 bytes\), "
+                       r"but the file after its header holds only 370"):
         read_scan(tmp_path / "cut.mha")
 
     sitk.WriteImage(itk_image(volume()), str(tmp_path / "lonely.mhd"))
@@ -382,3 +383,81 @@ def test_same_labels_give_identical_bytes(tmp_path: Path, fmt: str) -> None:
     other = write_labels(read_scan(src), labels, tmp_path / f"b{fmt}").read_bytes()
     assert first == again == other
     assert files_in(tmp_path) == sorted(["in", f"a{fmt}", f"b{fmt}"])
+
+
+# ------------------------------------------------------------------------------------------------ header layouts
+
+
+def test_metaimage_and_nrrd_layouts_name_every_data_file(tmp_path: Path) -> None:
+    """Where a header keeps its voxels, as ITK reads them: attached (and from which byte), one file (spaces allowed),
+    a LIST of slices, a pattern (MetaImage's defaults: from 1, one file per slice), for both formats."""
+    from pipeline.io.scan.headers import metaimage_layout, nrrd_layout
+
+    def mha(name: str, data_file: str) -> Path:
+        head = f"ObjectType = Image\nNDims = 3\nDimSize = 4 3 2\nElementType = MET_SHORT\nElementDataFile = {data_file}\n"
+        (tmp_path / name).write_bytes(head.encode() + (b"\0" * 48 if data_file == "LOCAL" else b""))
+        return tmp_path / name
+
+    local = metaimage_layout(mha("a.mha", "LOCAL"))
+    assert local is not None and local.files == [] and local.plain and local.offset == (tmp_path / "a.mha").stat().st_size - 48
+    assert metaimage_layout(mha("b.mhd", "my scan.raw")).files == ["my scan.raw"]
+    assert metaimage_layout(mha("c.mhd", "LIST 2D\nz0.raw\nz1.raw")).files == ["z0.raw", "z1.raw"]
+    assert metaimage_layout(mha("d.mhd", "z%02d.raw")).files == ["z01.raw", "z02.raw"]
+    assert metaimage_layout(mha("e.mhd", "z%d.raw 5 1 -2")).files == ["z5.raw", "z3.raw"]  # at most one per slice
+    with pytest.raises(DataError, match=r"e\.mhd: ElementDataFile = z%d\.raw 0 3 0: the step .* cannot be 0"):
+        metaimage_layout(mha("e.mhd", "z%d.raw 0 3 0"))
+
+    def nrrd(name: str, fields: str, data: bytes = b"") -> Path:
+        (tmp_path / name).write_bytes(f"NRRD0004\ntype: short\nsizes: 4 3 2\nencoding: raw\n{fields}".encode() + data)
+        return tmp_path / name
+
+    attached = nrrd("a.nrrd", "\n", b"\0" * 48)
+    layout = nrrd_layout(attached)
+    assert layout is not None and layout.files == [] and layout.plain and layout.offset == attached.stat().st_size - 48
+    assert nrrd_layout(nrrd("b.nrrd", "data file: ../x y.raw\n")).files == ["../x y.raw"]
+    assert nrrd_layout(nrrd("c.nrrd", "datafile: LIST 2\nz0.raw\nz1.raw\n")).files == ["z0.raw", "z1.raw"]
+    assert nrrd_layout(nrrd("d.nrrd", "data file: z%03d.raw 0 1 1 2\n")).files == ["z000.raw", "z001.raw"]
+    assert not nrrd_layout(nrrd("e.nrrd", "byte skip: 10\n\n", b"\0" * 58)).plain  # size unknown: not checked
+    assert nrrd_layout(tmp_path / "a.mha") is None and metaimage_layout(attached) is None
+
+
+def test_scan_files_are_the_header_and_its_data_files(tmp_path: Path) -> None:
+    """What a scan's key digests: a header with the data files it names (a NRRD's detached file too), every file of
+    a DICOM folder; a data file outside the header's folder is refused, not read."""
+    from pipeline.io.scan import mhd_data_file, scan_files
+
+    sitk.WriteImage(itk_image(volume()), str(tmp_path / "a.mhd"))
+    assert scan_files(tmp_path / "a.mhd") == [tmp_path / "a.mhd", tmp_path / "a.raw"]
+    assert mhd_data_file(tmp_path / "a.mhd") == tmp_path / "a.raw"
+    (tmp_path / "b.nrrd").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 7 6 5\nendian: little\nencoding: raw\n"
+                                     "data file: a.raw\n")
+    assert scan_files(tmp_path / "b.nrrd") == [tmp_path / "b.nrrd", tmp_path / "a.raw"]
+    np.testing.assert_array_equal(read_scan(tmp_path / "b.nrrd").array, volume())
+    write_dicom_series(tmp_path / "ser", volume())
+    assert scan_files(tmp_path / "ser") == sorted((tmp_path / "ser").iterdir())
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.mhd").write_text((tmp_path / "a.mhd").read_text().replace("= a.raw", "= ../a.raw"))
+    for call in (scan_files, mhd_data_file, read_scan):
+        with pytest.raises(DataError, match=r"c\.mhd: ElementDataFile names \.\./a\.raw, outside the header's folder"):
+            call(tmp_path / "sub" / "c.mhd")
+
+
+def test_headers_of_every_accepted_form_read_as_before(tmp_path: Path) -> None:
+    """The header checks accept what real scans hold: a qform-only NIfTI, a slice one voxel thick with pixdim 0
+    (nibabel takes 1 mm), .mhd with a LIST or a pattern of slice files, NRRD with a detached file or a pattern; each
+    reads the same voxels as a plain copy."""
+    from tests.hostile.test_scan_input import SHAPE, metaimage, nifti_file, nrrd, slices
+    from tests.hostile.test_scan_input import volume as hostile_volume
+
+    reference = hostile_volume()
+    assert np.array_equal(read_scan(nifti_file(tmp_path / "q.nii.gz", reference, sform_code=0)).array, reference)
+    thin = read_scan(nifti_file(tmp_path / "thin.nii", hostile_volume((20, 18, 1)), sform_code=0, pixdim3=0.0))
+    assert thin.spatial_shape == (20, 18, 1) and np.isclose(np.linalg.det(thin.affine[:3, :3]), 1.0)
+    slices(tmp_path)
+    names = "\n".join(f"s{k}.raw" for k in range(SHAPE[2]))
+    (tmp_path / "detached.raw").write_bytes(reference.T.tobytes())
+    for header in (metaimage(tmp_path / "list.mhd", "LIST 2D\n" + names),
+                   metaimage(tmp_path / "pattern.mhd", f"s%d.raw 0 {SHAPE[2] - 1} 1"),
+                   nrrd(tmp_path / "detached.nrrd", data_file="detached.raw"),
+                   nrrd(tmp_path / "pattern.nrrd", data_file=f"s%d.raw 0 {SHAPE[2] - 1} 1 2")):
+        np.testing.assert_array_equal(read_scan(header).array, reference, err_msg=header.name)

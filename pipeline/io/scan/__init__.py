@@ -12,16 +12,23 @@ Outputs (label maps, class probabilities) are written atomically in the format t
 input's own geometry, and every written file's header is read back and compared with the input before it gets its
 final name: a file on disk under the final name always sits on the input's grid.
 
+Headers are checked before any voxel is read (:mod:`~pipeline.io.scan.limits`): data files a header names must lie
+in its folder (symbolic links followed), a voxel budget (``max_voxels``) is enforced before decompression, files
+shorter than their declared data are refused, and so are complex, bit and colour voxel types and geometries with
+zero, negative or non-finite voxel sizes or a singular or non-finite matrix.
+
 Modules: :mod:`~pipeline.io.scan.names` (suffixes, output names, temporaries), :mod:`~pipeline.io.scan.geometry`
-(:class:`Scan`, ITK ↔ RAS geometry), :mod:`~pipeline.io.scan.read` and :mod:`~pipeline.io.scan.write` (with the
-read-back check).
+(:class:`Scan`, ITK ↔ RAS geometry), :mod:`~pipeline.io.scan.headers` (where MetaImage and NRRD headers keep their
+data), :mod:`~pipeline.io.scan.limits` (the header checks), :mod:`~pipeline.io.scan.read` and
+:mod:`~pipeline.io.scan.write` (with the read-back check).
 """
 
 from __future__ import annotations
 
 from pipeline.io.scan.geometry import Scan
+from pipeline.io.scan.limits import DEFAULT_MAX_VOXELS
 from pipeline.io.scan.names import SCAN_SUFFIXES, output_name, remove_stale_temporaries, scan_suffix
-from pipeline.io.scan.read import is_dicom_series, mhd_data_file, nifti_reference, read_scan
+from pipeline.io.scan.read import check_nifti, is_dicom_series, mhd_data_file, nifti_reference, read_scan, scan_files
 from pipeline.io.scan.write import (
     PROBABILITY_SCALE,
     quantise_probabilities,
@@ -32,9 +39,11 @@ from pipeline.io.scan.write import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_VOXELS",
     "PROBABILITY_SCALE",
     "SCAN_SUFFIXES",
     "Scan",
+    "check_nifti",
     "is_dicom_series",
     "mhd_data_file",
     "nifti_reference",
@@ -42,6 +51,7 @@ __all__ = [
     "quantise_probabilities",
     "read_scan",
     "remove_stale_temporaries",
+    "scan_files",
     "scan_suffix",
     "write_labels",
     "write_like",

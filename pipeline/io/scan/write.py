@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipeline.errors import DataError
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import (
+    atomic_path,
+    disk_full,
+    make_folder,
+    make_temporary_folder,
+    ran_out_of_space,
+    write_faults,
+)
 from pipeline.io.scan.geometry import Scan, itk_affine, itk_geometry
 from pipeline.io.scan.names import ITK_IO, NIFTI_SUFFIXES, target_format
 from pipeline.io.scan.read import nifti_reference
@@ -203,15 +209,23 @@ def _write_itk(scan: Scan, labels: np.ndarray, path: Path, fmt: str) -> None:
 def _write_mhd(scan: Scan, labels: np.ndarray, target: Path) -> None:
     """A .mhd header names its data file (ElementDataFile), so both are written under their final names into a
     temporary folder next to the target, checked, then moved: the data file first, the header last."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.stem}.", suffix=".part", dir=target.parent))
+    if not target.parent.is_dir():
+        make_folder(target.parent)
+    tmp_dir = make_temporary_folder(target.parent, f".{target.stem}.", ".part")  # mode 0o777 less the umask
     try:
         header = tmp_dir / target.name
-        _write_itk(scan, labels, header, ".mhd")
+        try:
+            _write_itk(scan, labels, header, ".mhd")
+        except Exception as exc:  # ITK reports a full disk as a RuntimeError without an errno
+            if ran_out_of_space(exc, tmp_dir):
+                raise disk_full(target) from exc
+            raise
         _verify_itk(scan, header, target)
         for data_file in sorted(p for p in tmp_dir.iterdir() if p.name != target.name):
-            os.replace(data_file, target.parent / data_file.name)
-        os.replace(header, target)
+            with write_faults(target.parent / data_file.name, folder=False):
+                os.replace(data_file, target.parent / data_file.name)
+        with write_faults(target, folder=False):
+            os.replace(header, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(tmp_dir)
