@@ -172,6 +172,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from pipeline.cohort.inputs import collect_inputs
     from pipeline.cohort.report import count_statuses
     from pipeline.engine.hooks import HookSet
+    from pipeline.io.atomic import check_folder
     from pipeline.tracking.inference import batch_ended, batch_started, inference_experiment
     from pipeline.tracking.mlflow_hook import make_mlflow_hook
     from pipeline.tracking.tracker import resolve_tracking_uri
@@ -181,8 +182,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     inputs = collect_inputs(args.input)
+    check_folder(Path(args.output), "--output folder")  # a file, a dangling symlink, a loop: before the model loads
     options = InferOptions(output=Path(args.output), suffix=args.suffix, probabilities=args.save_probabilities,
-                           crf=args.crf, overwrite=args.overwrite, device=args.device, prefetch=args.prefetch)
+                           crf=args.crf, overwrite=args.overwrite, device=args.device, prefetch=args.prefetch,
+                           nan_policy=args.nan_policy, max_voxels=args.max_voxels)
     uri = resolve_tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="pipeline-model.") as cache:
         bundle = load_bundle(resolve_model(args.model, uri, Path(cache)))
@@ -206,6 +209,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     counts = count_statuses(rows)
     print(f"{counts['written']} written, {counts['skipped']} skipped (already done), {counts['failed']} failed; "
           f"report: {options.output / 'report.csv'}")
+    filled = [r for r in rows if r.filled_voxels]
+    if filled:
+        print(f"filled {sum(r.filled_voxels for r in filled)} NaN or infinite voxel(s) with the scan's minimum in "
+              f"{len(filled)} case(s) (column filled_voxels)")
     for r in rows:
         if r.status == "failed":
             print(f"  failed: {r.input}: {r.error}", file=sys.stderr)
@@ -239,6 +246,13 @@ def _cmd_import(args: argparse.Namespace) -> int:
     print(f"manifest written: {manifest}")
     print(f"use it with: pipeline run WORKFLOW --set data.manifest={manifest}")
     return 0
+
+
+def _voxel_count(text: str) -> int:
+    """``--max-voxels``: a positive whole number."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of voxels (e.g. 536870912), not {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo cases already done with this model and options")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--prefetch", type=int, default=2, help="cases read and preprocessed ahead (threads)")
+    p.add_argument("--max-voxels", type=_voxel_count, default=2**28, metavar="N",
+                   help="largest scan read, in voxels times channels (default 2**28 = 268435456, 1 GiB as float32): "
+                   "a header declaring more is refused before anything is decompressed; raise it for larger scans")
+    p.add_argument("--nan-policy", choices=["refuse", "fill"], default=None,
+                   help="scans with NaN or infinite voxels (registration tools write NaN outside the field of view): "
+                   "refuse them, or fill those voxels with the scan's smallest finite value (per channel) and "
+                   "record how many in the report (filled_voxels) and MLflow; a scan with no finite voxel is "
+                   "refused either way (default: the bundle's preprocess.nan_policy, the one it was trained with; "
+                   "refuse for bundles that do not record one). Changing it redoes the cases")
     from pipeline.cohort.executors import EXECUTORS
 
     p.add_argument("--executor", choices=EXECUTORS.names(), default="local")
@@ -368,6 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # the environment (a read-only folder, a full disk) where no writer turned it into a
+        from pipeline.io.atomic import os_error_message  # PipelineError; any other OSError is a bug
+
+        message = os_error_message(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

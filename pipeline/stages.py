@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,24 @@ def run_id(loaded: LoadedWorkflow) -> str:
 
 
 def default_run_dir(loaded: LoadedWorkflow) -> Path:
-    """Where ``pipeline run`` writes without ``--run-dir``: ``runs/<workflow>/<run-id>`` (absolute)."""
-    return (Path("runs") / loaded.workflow.name / run_id(loaded)).resolve()
+    """Where ``pipeline run`` writes without ``--run-dir``: ``runs/<workflow>/<run-id>`` (absolute).
+
+    Raises:
+        PipelineError: the workflow's name is not a plain folder name (``..``, a separator, a leading dot), which
+            would put the run folder outside ``runs/`` (the schema refuses such names; this is the last guard).
+    """
+    from pipeline.config.schema import name_problem
+    from pipeline.errors import PipelineError
+
+    name = loaded.workflow.name
+    problem = name_problem(name) if isinstance(name, str) else "must be a string"
+    runs = Path("runs").absolute()
+    folder = runs / str(name) / run_id(loaded)
+    if problem is None and Path(os.path.normpath(folder)).parent.parent != runs:
+        problem = "must name a folder inside runs/"
+    if problem is not None:
+        raise PipelineError(f"{loaded.source}: name {str(name)[:80]!r} {problem}")
+    return folder.resolve()
 
 
 def load_run(run_dir: str | Path) -> RunRecords:
@@ -140,7 +157,12 @@ def run_workflow(
 
     wf = loaded.workflow
     stages = [cls() for cls in stage_classes()]
-    run_dir = run_dir.resolve() if run_dir else default_run_dir(loaded)
+    if run_dir:  # a dangling symlink or a loop is refused before resolving (a symlink to a folder is followed)
+        from pipeline.io.atomic import check_folder
+
+        run_dir = check_folder(run_dir, "run folder (--run-dir)").resolve()
+    else:
+        run_dir = default_run_dir(loaded)
     hooks = default_hooks(loaded, run_dir, tracking_process) if hooks is None else hooks
     resolved = loaded.resolved()
     workflow_file = run_dir / "workflow.yaml"

@@ -72,7 +72,7 @@ def missing_manifest(root: Path) -> str:
 
 def not_gzip(root: Path) -> str:
     _image(root).write_bytes(gzip.compress(b"not a nifti at all"))
-    return "truncated or corrupt"
+    return "not a NIfTI image (no NIfTI header)"
 
 
 @pytest.mark.parametrize(

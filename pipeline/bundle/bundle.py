@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import platform
 import shutil
 import tempfile
@@ -21,7 +22,15 @@ from torch import nn
 
 from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessConfig
 from pipeline.errors import PipelineError
-from pipeline.training.checkpoint import load_checkpoint
+from pipeline.io.atomic import (
+    check_folder,
+    disk_full,
+    make_folder,
+    make_temporary_folder,
+    ran_out_of_space,
+    write_faults,
+)
+from pipeline.training.checkpoint import load_checkpoint, refused_pickle
 
 log = logging.getLogger("pipeline")
 
@@ -75,14 +84,13 @@ def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwri
     from pipeline.stages import load_run
     from pipeline.training.stage import TrainRecord
 
-    run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir).resolve()
+    run_dir, out_dir = Path(run_dir).resolve(), _bundle_folder(out_dir)
     if out_dir == run_dir or run_dir.is_relative_to(out_dir):
         raise PipelineError(f"--out {out_dir} would replace the run folder {run_dir}; choose a folder outside it")
     run = load_run(run_dir)
     train = run.need(TrainRecord, "export")
     prepare = run.need(PrepareRecord, "export")
-    if out_dir.exists() and not overwrite:
-        raise PipelineError(f"{out_dir} exists; choose another --out or pass --overwrite")
+    _check_replaceable(out_dir, overwrite)
     wf = run.workflow
     ckpt = load_checkpoint(run.path(train.best_checkpoint))
     postprocess = wf.postprocess.model_dump(mode="json")
@@ -112,9 +120,8 @@ def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict:
         source: where the model came from (``workflow`` names the MLflow experiment it is logged to).
         extra_files: copied into the bundle under their keys (e.g. the run's ``workflow.yaml``).
     """
-    out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and not overwrite:
-        raise PipelineError(f"{out_dir} exists; choose another --out or pass --overwrite")
+    out_dir = _bundle_folder(out_dir)
+    _check_replaceable(out_dir, overwrite)
     manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -131,25 +138,59 @@ def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict:
         "source": source,
         "weights": {"file": WEIGHTS},
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    make_folder(out_dir.parent, "--out folder")
+    # A folder with the modes of any other (0o777 less the umask; mkdtemp's 0o700 would lock colleagues out).
+    tmp = make_temporary_folder(out_dir.parent, f".{out_dir.name}.", ".part", "--out folder")
     try:
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp / WEIGHTS)
-        manifest["weights"]["sha256"] = _sha256(tmp / WEIGHTS)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for rel, src in (extra_files or {}).items():
-            shutil.copyfile(src, tmp / rel)
+        try:
+            torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp / WEIGHTS)
+            manifest["weights"]["sha256"] = _sha256(tmp / WEIGHTS)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            for rel, src in (extra_files or {}).items():
+                shutil.copyfile(src, tmp / rel)
+        except Exception as exc:  # torch.save reports a full disk as a RuntimeError without an errno
+            if ran_out_of_space(exc, tmp):
+                raise disk_full(out_dir, written=_size(tmp)) from exc
+            raise
         old = None
-        if out_dir.exists():  # move the old bundle aside first: there is always a complete bundle at out_dir
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / "bundle")
-        os.replace(tmp, out_dir)
+        with write_faults(out_dir, "--out folder", folder=True):
+            if out_dir.exists():  # move the old bundle aside first: there is always a complete bundle at out_dir
+                old = make_temporary_folder(out_dir.parent, f".{out_dir.name}.", ".old", "--out folder")
+                os.replace(out_dir, old / "bundle")
+            os.replace(tmp, out_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _bundle_folder(out_dir: Path) -> Path:
+    """``--out`` as an absolute path, refused first when it cannot be a folder (a file, a dangling symlink, a
+    symlink loop); a symlink to a folder is followed."""
+    return check_folder(Path(out_dir), "--out folder").resolve()
+
+
+def _check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` is free, or (with ``overwrite``) a bundle or an empty folder: ``--overwrite`` never replaces a
+    folder of something else (``--out ~/data --overwrite`` would have deleted the data).
+
+    Raises:
+        PipelineError: it exists and ``overwrite`` is false, or it is a folder that is not a bundle.
+    """
+    if not out_dir.exists():
+        return
+    empty = not any(out_dir.iterdir())
+    if not empty and not (out_dir / MANIFEST).is_file():
+        raise PipelineError(f"--out {out_dir} is a folder that is not a model bundle (no {MANIFEST}, not empty); "
+                            "--overwrite replaces only an earlier bundle: choose another --out")
+    if not overwrite:
+        raise PipelineError(f"{out_dir} exists; choose another --out or pass --overwrite")
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def log_bundle_to_mlflow(bundle_dir: Path, tracking_uri: str, register_as: str | None) -> dict[str, str]:
@@ -293,6 +334,9 @@ def load_bundle(path: Path) -> Bundle:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
+    except pickle.UnpicklingError as exc:  # objects that are not tensors: code may come with them
+        raise PipelineError(f"{refused_pickle(weights, exc)}; a bundle's weights are plain tensors: export the "
+                            "bundle again with `pipeline export`, or get it from a source you trust") from None
     except Exception as exc:
         raise PipelineError(f"{weights}: cannot load the weights into {m['name']} ({exc})") from None
     model.eval()

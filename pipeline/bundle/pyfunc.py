@@ -171,7 +171,7 @@ def _segment_array(runner: CaseRunner, i: int, image: Any, affine: Any) -> dict[
 
     t0 = time.perf_counter()
     scan = array_scan(image, affine, runner.bundle.spatial_dims, "image")
-    runner.check(scan)
+    scan, _ = runner.check(scan)  # NaN or infinite voxels: refused, or filled (the bundle's nan_policy)
     target = runner.options.output / f"row{i}.nii"
     loaded = Loaded(Job(i, f"row{i}", scan.path, target, None), "",
                     scan, runner.predictor.prepare(runner.model_input(scan), scan.affine, str(scan.path)))

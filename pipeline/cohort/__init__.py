@@ -5,6 +5,8 @@ The model is loaded once. Cases flow through three steps that overlap: reading +
 the sliding window (the model's device) and mapping back + writing (a writer thread). A case already done with the
 same input bytes, model and options is skipped; every output is written atomically and checked against its input's
 geometry; a case that fails is reported and the others go on. ``report.json`` and ``report.csv`` list every case.
+A scan with NaN or infinite voxels is refused, or with ``nan_policy="fill"`` filled with its minimum (per channel,
+:mod:`pipeline.transforms.finite`) and the count reported (``filled_voxels``).
 
 With ``executor="ray"`` the same per-case work runs in Ray actors (one model per actor, a GPU each when the cluster
 has them); the report is the same.
@@ -19,13 +21,14 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.cohort.executors import EXECUTORS
-from pipeline.cohort.report import Row, write_report
+from pipeline.cohort.report import BatchStopped, ReportWriter, Row
 from pipeline.errors import PipelineError
+from pipeline.io.atomic import make_folder, write_faults
 
 if TYPE_CHECKING:
     from pipeline.bundle import Bundle
@@ -44,10 +47,21 @@ class InferOptions:
     overwrite: bool = False
     device: str = "auto"
     prefetch: int = 2
+    # NaN or infinite voxels: "refuse" the case, or "fill" them with the scan's minimum (per channel) and count
+    # them; None: what the bundle was trained with (its preprocess.nan_policy), see :meth:`resolve`.
+    nan_policy: Literal["refuse", "fill"] | None = None
+    max_voxels: int = 2**28  # a scan whose header declares more voxels (times channels) is refused unread
+
+    def resolve(self, bundle: Bundle) -> InferOptions:
+        """These options with the bundle's defaults filled in: ``nan_policy`` (refuse for a bundle that does not
+        record one)."""
+        return self if self.nan_policy is not None else replace(self, nan_policy=bundle.preprocess.nan_policy)
 
     def key_part(self) -> dict[str, Any]:
-        """The options that change an output's bytes."""
-        return {"suffix": self.suffix, "probabilities": self.probabilities, "crf": self.crf}
+        """The options that change an output's bytes (``nan_policy`` only when ``fill``: refuse is what the keys
+        of earlier versions meant)."""
+        return {"suffix": self.suffix, "probabilities": self.probabilities, "crf": self.crf,
+                **({"nan_policy": "fill"} if self.nan_policy == "fill" else {})}
 
 
 def infer_cohort(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, executor: str = "local",
@@ -63,16 +77,23 @@ def infer_cohort(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, 
     Raises:
         PipelineError: an unknown executor, another batch writing to ``options.output``, nothing to do, or two
             inputs with one output name. Failures of single cases are rows.
+        WriteFault: ``options.output`` cannot be a folder or cannot be written (a file, a dangling symlink, a
+            read-only filesystem, no permission), named before anything is written.
+        PipelineError: the batch stopped at a full disk or a folder that became read-only: the cases done before
+            stay, the report lists them (:class:`~pipeline.cohort.report.ReportWriter`).
     """
     from pipeline.cohort.inputs import STATE_DIR
     from pipeline.inference.optimize import tune_allocator
 
     if executor not in EXECUTORS:
         raise PipelineError(f"--executor: {EXECUTORS.unknown_message(executor)}")
+    options = options.resolve(bundle)
     tune_allocator()  # process-wide: reuse freed activation buffers (see its docstring)
-    options.output.mkdir(parents=True, exist_ok=True)
-    (options.output / STATE_DIR).mkdir(exist_ok=True)
-    lock = open(options.output / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole batch
+    # A file, a dangling symlink, a read-only or forbidden folder: refused by name before anything is written.
+    make_folder(options.output, "--output folder")
+    make_folder(options.output / STATE_DIR, "--output folder")
+    with write_faults(options.output / STATE_DIR / "lock", "--output folder", folder=False):
+        lock = open(options.output / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole batch
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -102,22 +123,27 @@ def _infer_locked(bundle: Bundle, inputs: Sequence[Path], options: InferOptions,
     jobs = plan_jobs(inputs, options)
     meta = {"model": {"name": bundle.name, "path": str(bundle.path), "digest": bundle.digest},
             "options": {k: str(v) for k, v in asdict(options).items()}, "executor": executor}
-    rows: list[Row] = []
+    report = ReportWriter(options.output, meta, len(jobs))  # a full disk or read-only folder stops the batch
+    rows = report.rows
     bar = tqdm(total=len(jobs), desc="infer", unit="case", disable=not progress, dynamic_ncols=True)
 
     def on_row(row: Row) -> None:
-        rows.append(row)
         bar.update(1)
-        bar.set_postfix(failed=sum(r.status == "failed" for r in rows), refresh=False)
+        bar.set_postfix(failed=sum(r.status == "failed" for r in rows) + (row.status == "failed"), refresh=False)
         if row.status == "failed":
             log.warning("%s: failed: %s", row.case, row.error)
-        write_report(options.output, rows, meta)
+        report.add(row)
 
     try:
         EXECUTORS.get(executor)(bundle, options, jobs, on_row, address=ray_address, workers=ray_workers)
+    except BatchStopped:
+        pass  # report.outcome() says what happened
     finally:
         bar.close()
-        write_report(options.output, rows, meta)
+        report.write()
+    stopped = report.outcome()
+    if stopped is not None:
+        raise stopped
     return sorted(rows, key=lambda r: r.index)
 
 

@@ -3,7 +3,6 @@ the digest of a scan's bytes (part of a case's key) and the outputs earlier runs
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError
-from pipeline.io.scan import is_dicom_series, mhd_data_file, output_name, scan_suffix
+from pipeline.io.scan import is_dicom_series, output_name, scan_files, scan_suffix
 
 if TYPE_CHECKING:
     from pipeline.cohort import InferOptions
@@ -63,7 +62,8 @@ def collect_inputs(specs: Sequence[str]) -> list[Path]:
     """
     out: list[Path] = []
     for spec in specs:
-        matches = [Path(p) for p in sorted(glob.glob(spec))] if any(c in spec for c in "*?[") else [Path(spec)]
+        pattern = any(c in spec for c in "*?[") and not Path(spec).exists()  # "scan [1].nii.gz" is a file name
+        matches = [Path(p) for p in sorted(glob.glob(spec))] if pattern else [Path(spec)]
         if not matches:
             raise PipelineError(f"--input {spec}: the pattern matches no file")
         for p in matches:
@@ -79,7 +79,7 @@ def collect_inputs(specs: Sequence[str]) -> list[Path]:
                 raise PipelineError(f"--input {p}: no such file or folder")
             elif scan_suffix(p):
                 out.append(p)
-            elif p.suffix.lower() != ".raw" and not any(c in spec for c in "*?["):
+            elif p.suffix.lower() != ".raw" and not pattern:
                 raise PipelineError(f"--input {p}: not a supported scan (.nii, .nii.gz, .mha, .mhd, .nrrd, a DICOM "
                                     "series folder or a manifest .json)")
     seen: dict[Path, None] = {}
@@ -116,12 +116,12 @@ def plan_jobs(inputs: Sequence[Path], options: InferOptions) -> list[Job]:
 
 
 def input_digest(path: Path) -> str:
-    """sha256 of a scan's bytes: every file of a DICOM folder, an ``.mhd`` with its data file."""
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    if path.is_file() and path.suffix.lower() == ".mhd":
-        with contextlib.suppress(OSError):
-            data = mhd_data_file(path)
-            files += [data] if data is not None and data.is_file() else []
+    """sha256 of a scan's bytes: every file of a DICOM folder, a MetaImage or NRRD header with the data files it
+    names (:func:`~pipeline.io.scan.scan_files`: a file outside the scan's folder is refused, not read)."""
+    try:
+        files = scan_files(path)
+    except OSError:  # an unreadable header: reading the scan says what is wrong
+        files = [path]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())

@@ -3,8 +3,10 @@ preprocess, the sliding window, then map back, postprocess, write and verify."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +22,16 @@ from pipeline.cohort.report import Row
 from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError, PipelineError
 from pipeline.inference.predictor import NetworkOutput, Predictor
-from pipeline.io.atomic import write_json
+from pipeline.io.atomic import WriteFault, write_json
 from pipeline.io.scan import Scan, read_scan, write_labels, write_probabilities
 from pipeline.postprocess.postprocessor import Postprocessor
 from pipeline.runtime.device import select_device
+from pipeline.transforms.finite import count_non_finite, fill_non_finite
 
 if TYPE_CHECKING:
     from pipeline.cohort import InferOptions
+
+log = logging.getLogger("pipeline")
 
 
 @dataclass
@@ -38,12 +43,14 @@ class Loaded:
     scan: Scan
     prepared: dict[str, Any]
     seconds: float = 0.0
+    filled: int = 0  # NaN or infinite voxels filled (nan_policy fill)
 
 
 class CaseRunner:
     """The per-case work, shared by the local and the Ray executor."""
 
     def __init__(self, bundle: Bundle, options: InferOptions, device: torch.device | None = None) -> None:
+        options = options.resolve(bundle)  # nan_policy: the bundle's unless given
         self.bundle, self.options = bundle, options
         self.device = device or select_device(options.device)
         self.predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, self.device, bundle.spatial_dims)
@@ -59,27 +66,34 @@ class CaseRunner:
     def _state(self, job: Job) -> Path:
         return self.options.output / STATE_DIR / f"{job.output.name}.json"
 
-    def is_done(self, job: Job, key: str) -> bool:
+    def done_record(self, job: Job, key: str) -> dict[str, Any] | None:
+        """The case's "done" record when it was done with ``key`` and its outputs are there, else None."""
         state = self._state(job)
         try:
             record = json.loads(state.read_text())
         except (OSError, ValueError):
-            return False
+            return None
         outputs = [job.output] + ([job.probs_output] if job.probs_output else [])
-        return record.get("key") == key and all(p.is_file() for p in outputs)
+        done = isinstance(record, dict) and record.get("key") == key and all(p.is_file() for p in outputs)
+        return record if done else None
+
+    def is_done(self, job: Job, key: str) -> bool:
+        return self.done_record(job, key) is not None
 
     def load(self, job: Job) -> Loaded | Row:
         """Key, skip check, read, check and preprocess (any thread)."""
         t0 = time.perf_counter()
         key = hashlib.sha256(json.dumps({"input": input_digest(job.input), **self.model_key},
                                         sort_keys=True).encode()).hexdigest()
-        if not self.options.overwrite and self.is_done(job, key):
-            return Row(job.case, str(job.input), "skipped", 0.0, str(job.output),
-                       str(job.probs_output or ""), index=job.index)
-        scan = read_scan(job.input)
-        self.check(scan)
+        done = None if self.options.overwrite else self.done_record(job, key)
+        if done is not None:
+            filled = done.get("filled_voxels", 0)
+            return Row(job.case, str(job.input), "skipped", 0.0, str(job.output), str(job.probs_output or ""),
+                       filled_voxels=filled if isinstance(filled, int) else 0, index=job.index)
+        scan = read_scan(job.input, self.options.max_voxels)
+        scan, filled = self.check(scan)
         prepared = self.predictor.prepare(self.model_input(scan), scan.affine, str(job.input))
-        return Loaded(job, key, scan, prepared, time.perf_counter() - t0)
+        return Loaded(job, key, scan, prepared, time.perf_counter() - t0, filled)
 
     def single_slice(self, scan: Scan) -> bool:
         """A 2D model given a 3D scan one slice thick, ``(x, y, 1)``: how 2D images often come in NIfTI or
@@ -90,8 +104,16 @@ class CaseRunner:
         """The voxels the model takes: ``scan.array``, or its only slice (see :meth:`single_slice`)."""
         return scan.array[:, :, 0] if self.single_slice(scan) else scan.array
 
-    def check(self, scan: Scan) -> None:
-        """The scan fits the model: dimensions, channels, no NaN."""
+    def check(self, scan: Scan) -> tuple[Scan, int]:
+        """The scan fits the model: dimensions, channels, and no NaN or infinite voxel, or with ``nan_policy``
+        ``fill`` those voxels filled with the smallest finite value of their channel.
+
+        Returns:
+            the scan the model (and the CRF) takes, and how many voxels were filled.
+
+        Raises:
+            DataError: naming the scan and what is wrong.
+        """
         want = self.bundle.spatial_dims
         if scan.spatial_dims != want and not self.single_slice(scan):
             shape = "x".join(map(str, scan.spatial_shape))
@@ -101,11 +123,19 @@ class CaseRunner:
         if channels != len(self.bundle.channels):
             raise DataError(f"{scan.path}: has {channels} channel(s) but the model takes "
                             f"{len(self.bundle.channels)} ({', '.join(self.bundle.channels)})")
-        if np.issubdtype(scan.array.dtype, np.floating):
-            bad = int(np.count_nonzero(~np.isfinite(scan.array)))
-            if bad:
-                raise DataError(f"{scan.path}: has {bad} NaN or infinite voxel(s); fix or mask the scan before "
-                                "segmenting it")
+        channel_axis = -1 if scan.array.ndim > scan.spatial_dims else None
+        if self.options.nan_policy == "fill":
+            array, filled = fill_non_finite(scan.array, channel_axis, name=f"{scan.path}:")
+            if filled:
+                log.info("%s: filled %d NaN or infinite voxel(s) with the scan's minimum (--nan-policy fill)",
+                         scan.path, filled)
+                scan = dataclasses.replace(scan, array=array)
+            return scan, filled
+        bad, _ = count_non_finite(scan.array, channel_axis)
+        if bad:
+            raise DataError(f"{scan.path}: has {bad} NaN or infinite voxel(s); fix or mask the scan, or fill them "
+                            "with the scan's minimum: pipeline infer --nan-policy fill")
+        return scan, 0
 
     def network(self, loaded: Loaded) -> NetworkOutput:
         t0 = time.perf_counter()
@@ -132,10 +162,11 @@ class CaseRunner:
             write_probabilities(scan, probs.reshape(*scan.spatial_shape, probs.shape[-1]), job.probs_output)
         write_labels(scan, labels.astype(np.uint8).reshape(scan.spatial_shape), job.output)
         write_json(self._state(job), {"key": loaded.key, "input": str(job.input), "output": str(job.output),
+                                      "filled_voxels": loaded.filled,
                                       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         seconds = loaded.seconds + time.perf_counter() - t0
         return Row(job.case, str(job.input), "written", round(seconds, 3), str(job.output),
-                   str(job.probs_output or ""), index=job.index)
+                   str(job.probs_output or ""), filled_voxels=loaded.filled, index=job.index)
 
     def run(self, job: Job) -> Row:
         """All steps in sequence, failures caught (the Ray executor's unit of work)."""
@@ -151,4 +182,5 @@ class CaseRunner:
 def failed(job: Job, exc: BaseException) -> Row:
     """A report row for a case that raised: a user-facing message as it is, anything else with its type."""
     message = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
-    return Row(job.case, str(job.input), "failed", 0.0, "", "", message, index=job.index)
+    stops = isinstance(exc, WriteFault) and exc.persistent  # a full disk, a read-only output folder: see ReportWriter
+    return Row(job.case, str(job.input), "failed", 0.0, "", "", message, index=job.index, stops_batch=stops)

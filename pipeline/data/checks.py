@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.data.manifest import Case, Manifest
 from pipeline.errors import DataError
+from pipeline.io.scan import DEFAULT_MAX_VOXELS, check_nifti
+from pipeline.transforms.finite import count_non_finite, no_finite_message
 
 AFFINE_TOL = 1e-3  # millimetres / direction cosines
 
@@ -27,32 +29,42 @@ class CheckedCase(BaseModel):
     spacing: list[float]
     channels: int
     extras: dict[str, str] = {}
+    filled: int = 0  # NaN or infinite image voxels that preprocess.nan_policy: fill fills
 
 
-def read_nifti(path: Path, what: str, case_id: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Load a NIfTI image and its data, turning every failure into one clear :class:`DataError`."""
+def read_nifti(path: Path, what: str, case_id: str,
+               max_voxels: int | None = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Load a NIfTI image and its data, turning every failure into one clear :class:`DataError`.
+
+    The header is checked before any voxel is read (:func:`pipeline.io.scan.check_nifti`): a real voxel type, at
+    most ``max_voxels`` voxels (None: no budget), a file as long as its data, a finite, invertible affine with
+    positive voxel sizes.
+    """
     if not path.is_file():
         raise DataError(f"case '{case_id}': {what} file not found: {path}")
     try:
-        img = nib.load(str(path))
+        img = check_nifti(path, max_voxels)
+    except DataError as exc:
+        raise DataError(f"case '{case_id}': {what} {exc}") from None
+    try:
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for truncated or corrupt files
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for truncated or corrupt files
         raise DataError(
             f"case '{case_id}': cannot read {what} {path} (truncated or corrupt file: {exc}); "
             "re-download or regenerate it"
         ) from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise DataError(f"case '{case_id}': {what} {path} is not a NIfTI image")
     return img, data
 
 
-def check_case(case: Case, manifest: Manifest) -> CheckedCase:
-    """Check one case.
+def check_case(case: Case, manifest: Manifest, nan_policy: str = "refuse", *,
+               max_voxels: int = DEFAULT_MAX_VOXELS) -> CheckedCase:
+    """Check one case. NaN or infinite image voxels are refused, or counted with ``nan_policy="fill"`` (the
+    preprocessing fills them: :mod:`pipeline.transforms.finite`).
 
     Raises:
         DataError: naming the case, the file and what to do.
     """
-    img, data = read_nifti(case.image, "image", case.id)
+    img, data = read_nifti(case.image, "image", case.id, max_voxels)
     nd = manifest.spatial_dims
     allowed = (2,) if nd == 2 else (3, 4)  # 2D: single-channel images; 3D: channels last in a 4D image
     if data.ndim not in allowed:
@@ -63,13 +75,14 @@ def check_case(case: Case, manifest: Manifest) -> CheckedCase:
     if channels != len(manifest.channels):
         raise DataError(f"case '{case.id}': image {case.image} has {channels} channel(s) but the manifest declares "
                         f"{len(manifest.channels)} ({', '.join(manifest.channels)})")
-    if np.issubdtype(data.dtype, np.floating):
-        n_nan = int(np.count_nonzero(~np.isfinite(data)))
-        if n_nan:
-            raise DataError(f"case '{case.id}': image {case.image} has {n_nan} NaN or infinite voxels; "
-                            "fix or exclude the case")
+    n_nan, no_finite = count_non_finite(data, None if data.ndim == nd else nd)  # 0 for integer images
+    if n_nan and nan_policy != "fill":
+        raise DataError(f"case '{case.id}': image {case.image} has {n_nan} NaN or infinite voxels; fix or "
+                        "exclude the case, or fill them with the scan's minimum: preprocess.nan_policy: fill")
+    if no_finite:
+        raise DataError(no_finite_message(f"case '{case.id}': image {case.image}", no_finite, channels))
     assert case.label is not None
-    lbl, ldata = read_nifti(case.label, "label", case.id)
+    lbl, ldata = read_nifti(case.label, "label", case.id, max_voxels)
     if ldata.shape[:nd] != data.shape[:nd] or ldata.ndim != nd:
         raise DataError(f"case '{case.id}': label {case.label} has shape {tuple(ldata.shape)} but image "
                         f"{case.image} has spatial shape {tuple(data.shape[:nd])}; they must be on the same grid")
@@ -91,15 +104,17 @@ def check_case(case: Case, manifest: Manifest) -> CheckedCase:
         raise DataError(f"case '{case.id}': file(s) named in the manifest not found: {', '.join(missing)}")
     return CheckedCase(id=case.id, split=case.split, image=str(case.image), label=str(case.label),
                        shape=list(map(int, data.shape[:nd])), spacing=zooms, channels=channels,
-                       extras={k: str(v) for k, v in case.extras.items()})
+                       extras={k: str(v) for k, v in case.extras.items()}, filled=n_nan)
 
 
-def check_cases(cases: list[Case], manifest: Manifest) -> list[CheckedCase]:
-    """Check every case and report all failing cases in one :class:`DataError`."""
+def check_cases(cases: list[Case], manifest: Manifest, nan_policy: str = "refuse", *,
+                max_voxels: int = DEFAULT_MAX_VOXELS) -> list[CheckedCase]:
+    """Check every case and report all failing cases in one :class:`DataError` (``max_voxels``: the budget of
+    each image and label, ``data.max_voxels``)."""
     infos, problems = [], []
     for case in cases:
         try:
-            infos.append(check_case(case, manifest))
+            infos.append(check_case(case, manifest, nan_policy, max_voxels=max_voxels))
         except DataError as exc:
             problems.append(str(exc))
     if problems:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import field_validator
 from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
 from pipeline.data.checks import CheckedCase, check_cases
 from pipeline.data.generators import GENERATORS
-from pipeline.data.manifest import SPLITS, Manifest, case_id, load_manifest
+from pipeline.data.manifest import SPLITS, Manifest, case_id_problem, load_manifest
 from pipeline.engine.hooks import Report
 from pipeline.engine.records import digest
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
@@ -25,18 +25,23 @@ def manifest_for(workflow: Workflow) -> Manifest:
 
 
 def generate_missing(manifest: Manifest, progress: bool = True) -> int:
-    """Write the cases whose files are missing, when the manifest names a generator; returns how many."""
+    """Write the cases whose files are missing, when the manifest names a generator; returns how many.
+
+    The generator gets each case's manifest entry with its id and its paths as :func:`load_manifest` checked them
+    (absolute, resolved, under the data root), so it writes exactly where the checks allowed; the generators check
+    the confinement again (:func:`pipeline.data.manifest.confined_path`).
+    """
     name = manifest.source.get("generator")
     if not name:
         return 0
-    if name not in GENERATORS:
-        raise DataError(f"{manifest.path}: source.generator: {GENERATORS.unknown_message(name)}")
+    if not isinstance(name, str) or name not in GENERATORS:
+        raise DataError(f"{manifest.path}: source.generator: {GENERATORS.unknown_message(str(name))}")
     generate = GENERATORS.get(name)
-    raw = json.loads(manifest.path.read_text())
-    entries = {case_id(e): e for s in SPLITS for e in raw.get(s, []) if isinstance(e, dict) and "image" in e}
     missing = [c for c in manifest.all_cases() if not (c.image.is_file() and c.label and c.label.is_file())]
     for case in tqdm(missing, desc=f"generating {manifest.name}", unit="case", disable=not progress or not missing):
-        generate(manifest.root, entries[case.id], manifest.source)
+        entry = {**case.entry, "id": case.id, "image": str(case.image), "label": str(case.label),
+                 **{k: str(v) for k, v in case.extras.items()}}
+        generate(manifest.root, entry, manifest.source)
     return len(missing)
 
 
@@ -70,6 +75,18 @@ class PrepareRecord(StageRecord):
     name: str = ""
     manifest_sha256: str = ""
 
+    @field_validator("cases")
+    @classmethod
+    def _safe_ids(cls, cases: dict[str, tuple[CheckedCase, ...]]) -> dict[str, tuple[CheckedCase, ...]]:
+        """Case ids name the files later stages write: a record (e.g. edited on disk) with an unsafe id is invalid
+        (the engine then prepares again, from the manifest, which refuses the id by name)."""
+        for split, members in cases.items():
+            for c in members:
+                problem = case_id_problem(c.id)
+                if problem is not None:
+                    raise ValueError(f"{split}: {problem}")
+        return cases
+
     @property
     def num_classes(self) -> int:
         """Background included: the largest label value + 1."""
@@ -82,7 +99,9 @@ class PrepareRecord(StageRecord):
     def identity_of(self, splits: tuple[str, ...]) -> str:
         """A digest of what a consumer of only ``splits`` reads: those cases (with their files' size and mtime),
         the labels, the channels and the dimensionality."""
-        cases = {s: [c.model_dump(mode="json") for c in self.split(s)] for s in splits}
+        # `filled` follows from the files and preprocess.nan_policy (the preprocess stage's key): left out, so
+        # records made before it was kept keep their identity.
+        cases = {s: [c.model_dump(mode="json", exclude={"filled"}) for c in self.split(s)] for s in splits}
         files = {c.image: self.data_files.get(c.image) for s in splits for c in self.split(s)}
         files |= {c.label: self.data_files.get(c.label) for s in splits for c in self.split(s)}
         return digest({"cases": cases, "files": files, "labels": self.labels, "channels": self.channels,
@@ -106,8 +125,11 @@ class PrepareStage(Stage):
 
     def config(self, workflow: Workflow) -> Any:
         manifest = Path(workflow.data.manifest)
-        return {"data": workflow.data.model_dump(mode="json"),
-                "manifest": manifest.read_text() if manifest.is_file() else None}
+        cfg = {"data": workflow.data.model_dump(mode="json"),
+               "manifest": manifest.read_text() if manifest.is_file() else None}
+        if workflow.preprocess.nan_policy != "refuse":  # what the checks accept; refuse keeps earlier runs' key
+            cfg["nan_policy"] = workflow.preprocess.nan_policy
+        return cfg
 
     def is_current(self, workflow: Workflow, record: StageRecord) -> bool:
         """The data files are unchanged since they were checked."""
@@ -122,7 +144,12 @@ class PrepareStage(Stage):
         generated = generate_missing(manifest, ctx.workflow.train.progress)
         if generated:
             ctx.log.info("[prepare] generated %d synthetic case(s) in %s", generated, manifest.root)
-        infos = check_cases(manifest.all_cases(), manifest)
+        infos = check_cases(manifest.all_cases(), manifest, ctx.workflow.preprocess.nan_policy,
+                            max_voxels=ctx.workflow.data.max_voxels)
+        for info in infos:
+            if info.filled:
+                ctx.log.info("[prepare] case '%s': %d NaN or infinite voxel(s) of %s will be filled with the "
+                             "scan's minimum (preprocess.nan_policy: fill)", info.id, info.filled, info.image)
         return PrepareRecord(
             manifest=str(manifest.path),
             cases={s: tuple(i for i in infos if i.split == s) for s in SPLITS},
@@ -146,4 +173,9 @@ class PrepareStage(Stage):
                    "splits": {s: len(record.split(s)) for s in SPLITS if record.split(s)},
                    "labels": {str(k): v for k, v in record.labels.items()}, "channels": list(record.channels),
                    "spatial_dims": record.spatial_dims, "domain": record.domain}
-        return Report(tags={"dataset": name, "manifest_sha256": sha}, dataset=dataset)
+        metrics: dict[str, float] = {}
+        if ctx.workflow.preprocess.nan_policy == "fill":  # voxels filled: in all, and per case that had any
+            cases = [c for s in SPLITS for c in record.split(s)]
+            metrics = {"filled_voxels": float(sum(c.filled for c in cases)),
+                       **{f"filled_voxels.{c.id}": float(c.filled) for c in cases if c.filled}}
+        return Report(tags={"dataset": name, "manifest_sha256": sha}, dataset=dataset, metrics=metrics)

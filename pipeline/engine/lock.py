@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from pipeline.errors import PipelineError
+from pipeline.io.atomic import write_faults
 
 log = logging.getLogger("pipeline")
 
@@ -63,7 +64,9 @@ class RunLock:
         except ImportError:  # Windows: no advisory locks
             return cls(run_dir, None)
         path = run_dir / LOCK_FILE
-        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run; "a+" keeps the holder's pid
+        what = "run folder (--run-dir)" if command == "pipeline run" else "folder"
+        with write_faults(path, what, folder=False):  # a read-only run folder, ...
+            handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run; "a+" keeps the pid
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -50,9 +50,11 @@ from pipeline.engine.records import (
 )
 from pipeline.engine.stage import Stage, StageContext, StageRecord
 from pipeline.errors import PipelineError
-from pipeline.io.atomic import remove_stale_temporaries_under, write_json, write_text
+from pipeline.io.atomic import make_folder, remove_stale_temporaries_under, write_faults, write_json, write_text
 
 log = logging.getLogger("pipeline")
+
+RUN_FOLDER = "run folder (--run-dir)"  # what refusals of the run folder call it
 
 
 @dataclass
@@ -117,8 +119,8 @@ def execute(
     escape = from_stage is not None or only is not None  # reuse unchanged earlier stages made by another version
     hooks = hooks or HookSet()
     created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        make_folder(run_dir, RUN_FOLDER)  # a file, a dangling symlink, a read-only parent: refused, named
         lock = RunLock.acquire(run_dir) if is_rank_zero() else None
     except PipelineError as exc:
         # Ended before it started: the hooks close (the tracking process exits) and no MLflow run is made.
@@ -233,8 +235,9 @@ def _run_stage(stage: Stage, ctx: StageContext, key: str, rerun: bool) -> tuple[
     started = read_json(ctx.stage_dir / STARTED)
     ctx.resume = not rerun and started is not None and started.get("key") == key
     if not ctx.resume and ctx.stage_dir.exists():
-        shutil.rmtree(ctx.stage_dir)
-    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+        with write_faults(ctx.stage_dir, RUN_FOLDER, folder=True):
+            shutil.rmtree(ctx.stage_dir)
+    make_folder(ctx.stage_dir, RUN_FOLDER)
     write_json(ctx.stage_dir / STARTED, {"key": key})
     log.info("[%s] %s", stage.name, "resuming" if ctx.resume else "running")
     t0 = time.perf_counter()

@@ -58,6 +58,8 @@ class Predictor:
         """Preprocess an image ``(*spatial)`` or ``(*spatial, C)`` with its RAS affine (for a 2D image, the 4x4
         affine of the plane it lies in: see :func:`in_plane_affine`)."""
         data = np.asarray(array, dtype=np.float32)
+        if isinstance(array, np.ndarray) and np.shares_memory(data, array):
+            data = data.copy()  # MONAI's intensity transforms work in place: the caller's scan stays as it was
         data = data[None] if data.ndim == self.spatial_dims else np.moveaxis(data, -1, 0)
         if self.spatial_dims == 2:
             affine = in_plane_affine(affine)

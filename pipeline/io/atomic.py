@@ -8,8 +8,24 @@ there (``pipeline run`` does it under its run folder lock, :mod:`pipeline.engine
 A full disk (``ENOSPC``) or an exhausted quota (``EDQUOT``) while writing is a :class:`DiskFullError`, a
 :class:`~pipeline.errors.PipelineError` that names the target, the space left on its filesystem and, when known,
 the size the write needed; the temporary is removed, so nothing partial is left and the old file (if any) stays.
-PyTorch's own writer (``torch.save``) reports a full disk as a ``RuntimeError`` without an errno; a write that
-fails with an error of that kind while its filesystem has (almost) no space left counts as a full disk too.
+PyTorch's own writer (``torch.save``) reports a full disk as a ``RuntimeError`` without an errno ("enforce fail at
+inline_container.cc"), and so does ITK; a write that fails with an error of that kind counts as a full disk when its
+filesystem has (almost) no space left or a small probe write there fails for lack of space or quota
+(:func:`ran_out_of_space`).
+
+The other ways the environment refuses a write (a read-only folder or filesystem, no permission, a path that is a
+file where a folder is needed or the other way round, a dangling symlink or a symlink loop, a name too long for the
+filesystem) are a :class:`CannotWriteError` naming the path, what is wrong and what to do. Both are write faults
+(:class:`WriteFault`). Only the writers' own operations (creating folders and temporaries, renaming) are turned into
+them: an ``OSError`` raised by the code inside :func:`atomic_path`'s block is that code's, and stays what it is.
+
+File modes: temporaries and temporary folders are created by :func:`create_temporary` and
+:func:`make_temporary_folder` with the modes every other tool asks for, ``0o666`` for files and ``0o777`` for
+folders, and the kernel applies the process's umask (and a folder's default ACL) to them, so outputs get
+``0o644``/``0o755`` under umask ``022`` and ``0o664``/``0o775`` under ``002``, as ``cp`` or ``touch`` would make them
+(``tempfile.mkstemp``/``mkdtemp`` ask for ``0o600``/``0o700``: nobody else could read a run's results). The umask is
+never read or changed: ``os.umask`` is process-wide, and setting it to read it would race with the writer threads of
+``pipeline infer``.
 """
 
 from __future__ import annotations
@@ -18,8 +34,9 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +44,38 @@ from typing import Any
 from pipeline.errors import PipelineError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: Errors of the environment a write can meet besides a full disk (see :class:`CannotWriteError`).
+REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                            errno.ELOOP, errno.ENAMETOOLONG})
+#: Of those, the ones that every later write into the same folder meets too (a batch stops at them).
+PERSISTENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS}) | DISK_FULL_ERRNOS
+FILE_MODE = 0o666  # the kernel applies the umask: 0o644 under umask 022
+FOLDER_MODE = 0o777
+_TRIES = 100  # random names tried before giving up (tempfile's own limit is 10000; 100 collisions means a bug)
 # A writer that fails with a RuntimeError or an errno-less OSError (torch.save: "unexpected pos", "file write
 # failed") on a filesystem with less than this left is taken to have run out of space.
 _NEARLY_FULL = 1 << 20
 
 
-class DiskFullError(PipelineError):
+class WriteFault(PipelineError):
+    """The environment refused a write (a full disk, a read-only folder, ...), not the user's input.
+
+    Attributes:
+        path: the file or folder that was being written.
+        errno: the operating system's error number.
+        persistent: every later write into the same folder would fail the same way (a full disk, a read-only or
+            forbidden folder): a batch stops instead of failing case after case.
+    """
+
+    path: Path
+    errno: int | None = None
+
+    @property
+    def persistent(self) -> bool:
+        return self.errno in PERSISTENT_ERRNOS
+
+
+class DiskFullError(WriteFault):
     """A write ran out of space (or quota) on the target's filesystem.
 
     Attributes:
@@ -44,6 +87,7 @@ class DiskFullError(PipelineError):
 
     def __init__(self, path: Path, free: int | None, needed: int | None, written: int | None) -> None:
         self.path, self.free, self.needed, self.written = path, free, needed, written
+        self.errno = errno.ENOSPC
         if needed is not None:
             size = f"; the file needs {format_bytes(needed)}"
         elif written:
@@ -54,6 +98,13 @@ class DiskFullError(PipelineError):
         super().__init__(f"no space left on the device (or quota exceeded) while writing {path} ({room} on its "
                          f"filesystem{size}); nothing partial was left: free some space (or use a folder on a larger "
                          "disk) and run the same command again to resume")
+
+
+def disk_full(target: str | os.PathLike[str], needed: int | None = None,
+              written: int | None = None) -> DiskFullError:
+    """The :class:`DiskFullError` of a write of ``target`` that ran out of space, with the space left now."""
+    target = Path(target)
+    return DiskFullError(target, free_bytes(target.parent), needed, written)
 
 
 def format_bytes(n: int) -> str:
@@ -74,6 +125,196 @@ def free_bytes(folder: str | os.PathLike[str]) -> int | None:
         return None
 
 
+class CannotWriteError(WriteFault):
+    """The operating system refused a write for a reason other than space: see :func:`write_fault`."""
+
+    def __init__(self, path: str | os.PathLike[str], code: int | None, reason: str, advice: str) -> None:
+        self.path, self.errno = Path(path), code
+        super().__init__(f"cannot write {path}: {reason}; {advice}")
+
+
+def _existing_folder(path: Path) -> Path:
+    """The nearest folder of ``path`` (or above it) that exists: where a refused write was refused."""
+    for p in (path, *path.parents):
+        if p.is_dir():
+            return p
+    return path
+
+
+def _obstacle(path: Path, want_folder: bool) -> str | None:
+    """What stands in the way of writing ``path``: a dangling symlink, a file where a folder is needed (one of its
+    parents, or ``path`` itself when ``want_folder``) or a folder where a file is needed."""
+    chain = [*reversed(path.parents), path] if path.is_absolute() else [*reversed(path.parents[:-1]), path]
+    for p in chain:
+        final = p == path
+        name = "it" if final else str(p)
+        if p.is_symlink() and not p.exists():
+            return f"{name} is a symbolic link to {os.readlink(p)}, which does not exist"
+        if p.exists() and not p.is_dir() and (want_folder or not final):
+            return f"{name} is a file, not a folder"
+        if final and p.is_dir() and not want_folder:
+            return "it is a folder, not a file"
+    return None
+
+
+def write_fault(exc: OSError, path: str | os.PathLike[str], what: str | None = None,
+                folder: bool | None = None) -> WriteFault | None:
+    """The user-facing error for an ``OSError`` the environment raised while writing ``path``, or None when
+    ``exc`` is no such error (then it is a bug and keeps its traceback).
+
+    Args:
+        exc: what the operating system raised (its ``filename``, when set, is where it failed).
+        path: what was being written.
+        what: what the user calls it, for the advice ("choose another --output folder"); default "folder".
+        folder: ``path`` is to be a folder (True) or a file (False); None: tell from ``exc``.
+
+    Returns:
+        A :class:`DiskFullError` (``ENOSPC``, ``EDQUOT``) or a :class:`CannotWriteError` naming the path, what is
+        wrong and what to do: no permission (``EACCES``, ``EPERM``), a read-only filesystem (``EROFS``), a file or
+        dangling symlink where a folder is needed or the other way round (``ENOTDIR``, ``EEXIST``, ``EISDIR``), a
+        symlink loop (``ELOOP``), a name too long (``ENAMETOOLONG``).
+    """
+    path = Path(path)
+    code = exc.errno
+    where = Path(os.fsdecode(exc.filename)) if exc.filename is not None else path
+    other = f"choose another {what or 'folder'}"
+    if code in DISK_FULL_ERRNOS:
+        return DiskFullError(path, free_bytes(_existing_folder(where)), None, None)
+    if code not in REFUSED_ERRNOS:
+        return None
+    if code in (errno.EACCES, errno.EPERM):
+        reason, advice = (f"permission denied (you may not write in {_existing_folder(where)})",
+                          f"make it writable for you (chmod u+w, or ask its owner) or {other}")
+    elif code == errno.EROFS:
+        reason, advice = (f"{_existing_folder(where)} is on a read-only filesystem", f"{other} on a writable one")
+    elif code == errno.ELOOP:
+        reason, advice = f"the symbolic links of {where} form a loop", f"fix the links or {other}"
+    elif code == errno.ENAMETOOLONG:
+        reason, advice = "a name in it is too long for its filesystem", f"use a shorter name or {other}"
+    else:  # ENOTDIR, EEXIST, EISDIR: something in the way
+        want_folder = folder if folder is not None else code != errno.EISDIR
+        reason = (_obstacle(where, want_folder if where == path else True) or _obstacle(path, want_folder)
+                  or os.strerror(code).lower())
+        advice = f"remove or rename it, or {other}"
+    return CannotWriteError(path, code, reason, advice)
+
+
+@contextlib.contextmanager
+def write_faults(path: str | os.PathLike[str], what: str | None = None,
+                 folder: bool | None = None) -> Iterator[None]:
+    """Turn an ``OSError`` of the environment raised by the block into the :class:`WriteFault` of
+    :func:`write_fault` (other errors pass unchanged): wrap the operations that create, rename or remove
+    ``path``, not code that reads or writes other files."""
+    try:
+        yield
+    except OSError as exc:
+        fault = write_fault(exc, path, what, folder)
+        if fault is None:
+            raise
+        raise fault from exc
+
+
+def os_error_message(exc: BaseException) -> str | None:
+    """One line for an ``OSError`` of the environment that reached the command line unconverted (a read, or a
+    write outside the writers of this module): what the system said, the file and what to check. None for any
+    other exception, and for an ``OSError`` without a file name or with another errno (a bug: keeps its
+    traceback)."""
+    if not isinstance(exc, OSError) or exc.filename is None or exc.errno not in DISK_FULL_ERRNOS | REFUSED_ERRNOS:
+        return None
+    name = os.fsdecode(exc.filename) + (f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 is not None else "")
+    if exc.errno in DISK_FULL_ERRNOS:
+        advice = "free some space (or use a folder on a larger disk) and run the same command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "check that you may read and write there (ls -ld), or choose another path"
+    else:
+        advice = "check the path (a file where a folder is needed, a symbolic link that points nowhere) and fix it"
+    return f"{name}: {(exc.strerror or os.strerror(exc.errno)).lower()}; {advice}"
+
+
+def check_folder(path: str | os.PathLike[str], what: str | None = None) -> Path:
+    """Refuse ``path`` as a folder to write into before anything is written: it is a file, a symbolic link to
+    nothing or a symlink loop, or one of its parents is a file. A path that does not exist yet passes (it is
+    created later; its parents are checked then), so does a symlink to a folder (writes go where it points).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CannotWriteError: see above.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise CannotWriteError(path, errno.ENOENT, f"it is a symbolic link to {os.readlink(path)}, which does "
+                                   "not exist", f"create that folder, remove the link or choose another "
+                                   f"{what or 'folder'}") from None
+        return path
+    except OSError as exc:
+        fault = write_fault(exc, path, what, folder=True)
+        if fault is None:
+            raise
+        raise fault from None
+    if not stat.S_ISDIR(st.st_mode):
+        kind = f"a symbolic link to the file {os.readlink(path)}" if path.is_symlink() else "a file"
+        raise CannotWriteError(path, errno.EEXIST, f"it is {kind}, not a folder",
+                               f"remove or rename it, or choose another {what or 'folder'}")
+    return path
+
+
+def make_folder(path: str | os.PathLike[str], what: str | None = None) -> Path:
+    """``mkdir -p path`` (mode 0o777 less the umask) after :func:`check_folder`; what the environment refuses
+    is a :class:`WriteFault`.
+
+    Returns:
+        ``path``.
+    """
+    path = check_folder(path, what)
+    with write_faults(path, what, folder=True):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _random_name(prefix: str, suffix: str) -> str:
+    return f"{prefix}{secrets.token_hex(4)}{suffix}"
+
+
+def create_temporary(folder: str | os.PathLike[str], prefix: str, suffix: str) -> Path:
+    """A new empty file ``folder/<prefix>XXXXXXXX<suffix>`` with mode 0o666 less the umask (``mkstemp`` makes
+    0o600 files: they would keep that mode under their final names).
+
+    Raises:
+        FileExistsError: no free name after many tries (a bug); other OS errors as the system raises them.
+    """
+    for _ in range(_TRIES):
+        path = Path(folder) / _random_name(prefix, suffix)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(errno.EEXIST, f"no free temporary name after {_TRIES} tries", str(folder))
+
+
+def make_temporary_folder(folder: str | os.PathLike[str], prefix: str, suffix: str,
+                          what: str | None = None) -> Path:
+    """A new empty folder ``folder/<prefix>XXXXXXXX<suffix>`` with mode 0o777 less the umask (``mkdtemp`` makes
+    0o700 folders: a bundle renamed into place would keep it); what the environment refuses is a
+    :class:`WriteFault` naming ``folder`` (``what``: as in :func:`write_fault`)."""
+    folder = Path(folder)
+    with write_faults(folder, what, folder=True):
+        for _ in range(_TRIES):
+            path = folder / _random_name(prefix, suffix)
+            try:
+                os.mkdir(path, FOLDER_MODE)
+            except FileExistsError:
+                continue
+            return path
+    raise FileExistsError(errno.EEXIST, f"no free temporary name after {_TRIES} tries", str(folder))
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from or while handling) is ``ENOSPC`` or ``EDQUOT``."""
     seen: set[int] = set()
@@ -86,9 +327,14 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def _ran_out_of_space(exc: BaseException, folder: Path) -> bool:
+def ran_out_of_space(exc: BaseException, folder: Path) -> bool:
     """Whether a write into ``folder`` failed with ``exc`` for lack of space (call it before the partial temporary
-    is removed: a torch.save that filled the disk is only recognised by the space left)."""
+    is removed: a torch.save that filled the disk is only recognised by the space left).
+
+    An error without an errno (PyTorch's "enforce fail at inline_container.cc ... file write failed", ITK's
+    "could not write") counts when the filesystem has (almost) no space left, or when a small probe write into
+    ``folder`` fails with ``ENOSPC``/``EDQUOT`` (an exhausted quota leaves the filesystem's free space untouched).
+    """
     if isinstance(exc, (KeyboardInterrupt, SystemExit, PipelineError)):
         return False
     if is_disk_full(exc):
@@ -96,7 +342,27 @@ def _ran_out_of_space(exc: BaseException, folder: Path) -> bool:
     if not isinstance(exc, (RuntimeError, OSError)) or (isinstance(exc, OSError) and exc.errno is not None):
         return False  # a bug, or another OS error (permissions, ...)
     free = free_bytes(folder)
-    return free is not None and free < _NEARLY_FULL
+    return (free is not None and free < _NEARLY_FULL) or _probe_fails_for_space(folder)
+
+
+def _probe_fails_for_space(folder: Path, size: int = 1 << 16) -> bool:
+    """Whether writing ``size`` bytes into a new file in ``folder`` (flushed to the disk, then removed) fails for
+    lack of space or quota."""
+    try:
+        probe = create_temporary(folder, ".space-probe.", ".part")  # a killed run's probe is a stale temporary
+    except OSError as exc:
+        return exc.errno in DISK_FULL_ERRNOS
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return exc.errno in DISK_FULL_ERRNOS
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return False
 
 
 @contextlib.contextmanager
@@ -115,24 +381,27 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None,
 
     Raises:
         DiskFullError: the disk (or quota) filled up while the block wrote; the temporary is removed.
+        CannotWriteError: the folder cannot be created or written in (read-only, no permission, a file in the
+            way), or the target is a folder; nothing is left behind.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():
+        make_folder(target.parent)
     if suffix is None:
         suffix = "".join(target.suffixes) or ".tmp"
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part" + suffix, dir=target.parent)
-    except OSError as exc:  # no inode (or quota) left for the temporary itself
-        if exc.errno in DISK_FULL_ERRNOS:
-            raise DiskFullError(target, free_bytes(target.parent), size, None) from exc
-        raise
-    os.close(fd)
-    tmp = Path(tmp_name)
+        tmp = create_temporary(target.parent, f".{target.stem}.", ".part" + suffix)
+    except OSError as exc:  # no inode (or quota) left for the temporary itself, a read-only folder, ...
+        fault = write_fault(exc, target, folder=False)
+        if isinstance(fault, DiskFullError):
+            fault = DiskFullError(target, free_bytes(target.parent), size, None)
+        if fault is None:
+            raise
+        raise fault from exc
     try:
         yield tmp
-        os.replace(tmp, target)
     except BaseException as exc:
-        full = _ran_out_of_space(exc, target.parent)
+        full = ran_out_of_space(exc, target.parent)
         written = None
         with contextlib.suppress(OSError):
             written = tmp.stat().st_size
@@ -141,6 +410,15 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None,
         if full:
             raise DiskFullError(target, free_bytes(target.parent), size, written) from exc
         raise
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:  # the target is a folder, the folder became read-only, ...
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fault = write_fault(exc, target, folder=False)
+        if fault is None:
+            raise
+        raise fault from exc
 
 
 def write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

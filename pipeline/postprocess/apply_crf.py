@@ -29,9 +29,11 @@ def zscore_channels(image: np.ndarray, spatial_dims: int = 3) -> np.ndarray:
     return (data - flat.mean(1).reshape(shape)) / np.maximum(flat.std(1).reshape(shape), 1e-8)
 
 
-def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None = None
+def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None = None, nan_policy: str = "refuse"
                     ) -> tuple[np.ndarray, np.ndarray, list[float], nib.Nifti1Image]:
-    """Read class probabilities (x, y, z, class) and the scan they belong to; check they share one grid.
+    """Read class probabilities (x, y, z, class) and the scan they belong to; check they share one grid. NaN or
+    infinite image voxels are refused, or with ``nan_policy="fill"`` (the workflow's ``preprocess.nan_policy``)
+    filled with the channel's minimum, as in the image the network saw.
 
     Returns:
         probabilities ``(K, X, Y, Z)`` float32 summing to 1, z-scored image ``(C, X, Y, Z)``, spacing in mm, the image.
@@ -41,6 +43,7 @@ def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None 
             negative or NaN values, sums off 1 beyond tolerance.
     """
     from pipeline.data.checks import read_nifti
+    from pipeline.transforms.finite import count_non_finite, fill_non_finite
 
     pimg, probs = read_nifti(Path(probs_path), "probabilities", Path(probs_path).name)
     iimg, image = read_nifti(Path(image_path), "image", Path(image_path).name)
@@ -65,7 +68,13 @@ def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None 
     if worst > tol:
         raise DataError(f"{probs_path}: probabilities must sum to 1 over the class axis (last axis); the worst voxel "
                         f"is off by {worst:.3g}. Save softmax outputs, not logits or label maps")
-    return renormalise(k_first), zscore_channels(np.asarray(image), nd), spacing_of(iimg), iimg
+    image = np.asarray(image)
+    if nan_policy == "fill":
+        image = fill_non_finite(image, None if image.ndim == nd else -1, f"{image_path}:")[0]
+    elif bad := count_non_finite(image, None if image.ndim == nd else -1)[0]:
+        raise DataError(f"{image_path}: has {bad} NaN or infinite voxel(s); the CRF needs a finite image: fix or "
+                        "mask the scan (a workflow fills them with its minimum: preprocess.nan_policy: fill)")
+    return renormalise(k_first), zscore_channels(image, nd), spacing_of(iimg), iimg
 
 
 def renormalise(probs: np.ndarray) -> np.ndarray:
@@ -100,8 +109,10 @@ def foreground_dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> fl
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def tune_crf(cases: list[tuple[Path, Path, Path]], cfg: CRFConfig, num_classes: int) -> dict[str, Any]:
-    """Grid-search ``cfg.tune`` on validation cases ``(probs, image, label)``; return the best settings.
+def tune_crf(cases: list[tuple[Path, Path, Path]], cfg: CRFConfig, num_classes: int,
+             nan_policy: str = "refuse") -> dict[str, Any]:
+    """Grid-search ``cfg.tune`` on validation cases ``(probs, image, label)``; return the best settings
+    (``nan_policy``: as in :func:`load_crf_inputs`).
 
     Returns:
         ``{"best": {param: value}, "best_dice": float, "no_crf_dice": float, "grid": [{...params, "dice"}]}``.
@@ -109,7 +120,7 @@ def tune_crf(cases: list[tuple[Path, Path, Path]], cfg: CRFConfig, num_classes: 
     assert cfg.tune is not None
     loaded = []
     for probs_path, image_path, label_path in cases:
-        probs, image, spacing, _ = load_crf_inputs(probs_path, image_path, num_classes)
+        probs, image, spacing, _ = load_crf_inputs(probs_path, image_path, num_classes, nan_policy)
         truth = np.asarray(nib.load(str(label_path)).dataobj)
         loaded.append((probs, image, spacing, truth))
     grid = cfg.tune.model_dump()

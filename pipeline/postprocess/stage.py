@@ -72,7 +72,7 @@ class PostprocessStage(Stage):
             if crf.tune is not None:
                 val = [(ctx.path(rel), Path(c.image), Path(c.label)) for c in prep.split("validation")
                        if (rel := infer.validation_probabilities.get(c.id))]
-                tuned = tune_crf(val, crf, num_classes)
+                tuned = tune_crf(val, crf, num_classes, wf.preprocess.nan_policy)
                 tuning = "postprocess/crf_tuning.json"
                 write_json(ctx.path(tuning), tuned)
                 files.append(tuning)
@@ -85,7 +85,7 @@ class PostprocessStage(Stage):
             if post.needs_probabilities:
                 assert no_crf is not None
                 probs, image, spacing, _ = load_crf_inputs(ctx.path(infer.probabilities[cid]), Path(images[cid]),
-                                                           num_classes)
+                                                           num_classes, wf.preprocess.nan_policy)
                 target = f"postprocess/no_crf/{cid}.nii.gz"
                 write_like(images[cid], post.labels_without_crf(probs), ctx.path(target))
                 no_crf[cid] = target

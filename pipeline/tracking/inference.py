@@ -1,10 +1,11 @@
 """What ``pipeline infer`` tells its hooks: one MLflow run per batch, in the experiment ``<model name>-inference``.
 
 The run records which model (bundle digest, where it came from, the training run folder), the options that change
-outputs, how many cases were written, skipped and failed, the throughput, and the batch's ``report.json`` /
-``report.csv`` as artifacts. Training runs keep their own experiment (``pipeline compare --experiment NAME`` stays a
-table of trained models). The run ends ``FAILED`` when a case failed (the command's exit code is 1 then) and
-``KILLED`` on Ctrl-C or a kill.
+outputs, how many cases were written, skipped and failed, the throughput, the NaN or infinite voxels filled
+(``--nan-policy fill``: ``filled_voxels`` in all and ``filled_voxels.<case>`` per case that had any), and the
+batch's ``report.json`` / ``report.csv`` as artifacts. Training runs keep their own experiment (``pipeline compare
+--experiment NAME`` stays a table of trained models). The run ends ``FAILED`` when a case failed (the command's
+exit code is 1 then) and ``KILLED`` on Ctrl-C or a kill.
 
 The batch goes through the same hook as ``pipeline run`` (:class:`pipeline.tracking.mlflow_hook.MlflowHook`): a
 store that cannot be reached, or that fails while the batch runs, is reported once and the segmentations go on.
@@ -37,6 +38,7 @@ def batch_started(bundle: Any, model_ref: str, n_inputs: int, options: Any, exec
         "model": model_ref, "model_name": bundle.name, "model_digest": bundle.digest, "inputs": n_inputs,
         "executor": executor, "device": options.device, "suffix": options.suffix,
         "save_probabilities": options.probabilities, "crf": options.crf, "overwrite": options.overwrite,
+        "nan_policy": options.nan_policy or bundle.preprocess.nan_policy,
         **{f"infer.{k}": v for k, v in bundle.infer.model_dump().items()},
     }
     return RunStarted(f"infer-{bundle.name}", output, Report(params=params, tags=tags))
@@ -54,6 +56,9 @@ def batch_ended(rows: Sequence[Any], seconds: float, output: Path, status: str |
     if status is None:
         counts = count_statuses(rows)
         metrics.update({f"cases_{s}": float(n) for s, n in counts.items()})
+        filled = [r for r in rows if getattr(r, "filled_voxels", 0)]
+        metrics["filled_voxels"] = float(sum(r.filled_voxels for r in filled))
+        metrics.update({f"filled_voxels.{r.case}": float(r.filled_voxels) for r in filled})
         done = [r.seconds for r in rows if r.status == "written"]
         if done and seconds > 0:
             metrics["cases_per_second"] = counts["written"] / seconds

@@ -5,7 +5,9 @@ That includes the random states an exact resume needs (:func:`rng_state`): NumPy
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +34,66 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"checkpoint not found: {path}") from None
+    except pickle.UnpicklingError as exc:
+        raise PipelineError(f"{refused_pickle(path, exc)}; delete it and re-run training") from None
     except Exception as exc:
         raise PipelineError(f"cannot load checkpoint {path} ({exc}); delete it and re-run training") from None
 
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def refused_pickle(path: Path, exc: pickle.UnpicklingError) -> str:
+    """What to say when ``torch.load(weights_only=True)`` refused ``path`` for holding pickled Python objects: the
+    file and the object, in one line (PyTorch's own message spans lines and suggests ``weights_only=False``, which
+    would run whatever the file holds)."""
+    found = _GLOBAL.search(str(exc))
+    what = f"a pickled Python object ({found.group(1)})" if found else "pickled data that are not tensors"
+    return (f"{path}: holds {what}, not only tensors and plain data; refused without loading it, since "
+            "unpickling it could run code")
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: Path,
+                     expected: dict[str, Any] | None = None) -> None:
+    """Put a checkpoint's ``model_state`` into ``model``.
+
+    Args:
+        expected: the ``model`` entry the checkpoint must hold (name, kwargs, channels, dimensionality), if known.
+
+    Raises:
+        PipelineError: the checkpoint was saved by another model, or its weights do not fit ``model``; the message
+            names the file and the first difference.
+    """
+    saved = state.get("model")
+    if expected is not None and isinstance(saved, dict) and saved != expected:
+        flat = {**{k: v for k, v in saved.items() if k != "kwargs"}, **(saved.get("kwargs") or {})}
+        want = {**{k: v for k, v in expected.items() if k != "kwargs"}, **(expected.get("kwargs") or {})}
+        diffs = [f"{k}: {flat.get(k)!r} in it, {want.get(k)!r} in the workflow"
+                 for k in sorted(set(flat) | set(want), key=str) if flat.get(k) != want.get(k)]
+        raise PipelineError(f"{path} was saved by another model ({'; '.join(diffs)}); delete {path.parent} and run "
+                            "again to train from the start")
+    try:
+        model.load_state_dict(state["model_state"])
+    except (KeyError, RuntimeError) as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        detail = detail if len(detail) <= 200 else detail[:200] + " ..."
+        raise PipelineError(f"{path}: its weights do not fit the model the workflow builds ({detail}); delete "
+                            f"{path.parent} and run again to train from the start") from None
+
+
 def _monai_states(transform: Any) -> list[np.random.RandomState]:
     """The random generators of a MONAI ``Compose``'s random transforms (and of the random transforms they hold),
-    in a fixed order."""
-    from monai.transforms import Randomizable
+    in a fixed order. Walks the chain itself: ``Compose.flatten()`` builds a new ``Compose``, whose constructor
+    re-seeds (and replaces) every generator it holds."""
+    from monai.transforms import Compose, Randomizable
+
+    def walk(t: Any) -> Any:
+        yield t
+        for child in t.transforms if isinstance(t, Compose) else ():
+            yield from walk(child)
 
     found: dict[int, np.random.RandomState] = {}
-    for t in (transform, *transform.flatten().transforms):
+    for t in walk(transform):
         for obj in (t, *vars(t).values()):
             if isinstance(obj, Randomizable):
                 found.setdefault(id(obj.R), obj.R)

@@ -45,7 +45,13 @@ from pipeline.models import build_model
 from pipeline.models.shapes import check_divisible
 from pipeline.runtime.sliding_window import predict_case
 from pipeline.training import distributed
-from pipeline.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pipeline.training.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from pipeline.transforms.build import random_transforms
 
 log = logging.getLogger("pipeline")
@@ -147,12 +153,15 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
+    meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
+                      "out_channels": num_classes, "spatial_dims": spatial_dims},
+            "labels": labels, "channels": channels}
     start, best_dice, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
     resumed_from = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path, device)
-        model.load_state_dict(state["model_state"])
+        load_model_state(model, state, last_path, meta["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -162,9 +171,6 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         resumed_from = start
         log.info("[train] resuming after epoch %d of %d", start, cfg.epochs)
 
-    meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
-                      "out_channels": num_classes, "spatial_dims": spatial_dims},
-            "labels": labels, "channels": channels}
     # In a log file (no terminal) redraw rarely, so the log stays readable.
     bar = tqdm(total=cfg.epochs * iters, initial=start * iters, desc="train", unit="it",
                disable=not (cfg.progress and main), dynamic_ncols=True,

@@ -1,9 +1,9 @@
 """Build the MONAI transform chains from :class:`~pipeline.config.schema.PreprocessConfig`.
 
-The deterministic chain (load → channel-first → orientation → spacing → intensity → foreground crop) is applied
-once per case by the preprocess stage and at inference, where MONAI's ``Invertd`` undoes its spatial steps to map
-predictions back to the scan's own grid. The random chain (patch sampling and augmentation) runs per sample
-during training.
+The deterministic chain (load → channel-first → NaN fill with ``nan_policy: fill`` → orientation → spacing →
+foreground crop → intensity) is applied once per case by the preprocess stage and at inference, where MONAI's
+``Invertd`` undoes its spatial steps to map predictions back to the scan's own grid. The random chain (patch
+sampling and augmentation) runs per sample during training.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 from monai import transforms as mt
 
 from pipeline.config.schema import PreprocessConfig
+from pipeline.transforms.finite import FillNonFinited
 
 # NIfTI's world space: axis codes name the direction each voxel axis increases towards (RAS+).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -32,10 +33,14 @@ def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("imag
     if load:
         chain += [mt.LoadImaged(keys=keys, image_only=True, reader="NibabelReader"), mt.EnsureChannelFirstd(keys=keys)]
     chain.append(mt.EnsureTyped(keys=keys, dtype=np.float32, track_meta=True))
+    if cfg.nan_policy == "fill":  # before any resampling, which would spread a NaN to its neighbours
+        chain.append(FillNonFinited(keys="image"))
     if cfg.orientation:
         chain.append(mt.Orientationd(keys=keys, axcodes=cfg.orientation[:spatial_dims], labels=RAS_LABELS))
     if cfg.spacing:
         chain.append(mt.Spacingd(keys=keys, pixdim=cfg.spacing, mode=modes))
+    if cfg.crop_foreground:  # on the scan's own intensities: after a z-score, dim tissue is negative, not foreground
+        chain.append(mt.CropForegroundd(keys=keys, source_key="image", margin=cfg.crop_margin, allow_smaller=True))
     if cfg.intensity.mode == "zscore":
         chain.append(mt.NormalizeIntensityd(keys="image", nonzero=cfg.intensity.nonzero, channel_wise=True))
     elif cfg.intensity.mode == "percentile":
@@ -45,8 +50,6 @@ def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("imag
                 clip=True, channel_wise=True,
             )
         )
-    if cfg.crop_foreground:
-        chain.append(mt.CropForegroundd(keys=keys, source_key="image", margin=cfg.crop_margin, allow_smaller=True))
     if has_label:
         chain.append(mt.EnsureTyped(keys="label", dtype=np.uint8, track_meta=True))
     return chain

@@ -63,7 +63,10 @@ class PreprocessStage(Stage):
 
     def config(self, workflow: Workflow) -> Any:
         cfg = workflow.preprocess.model_dump(mode="json")
-        return {k: cfg[k] for k in ("orientation", "spacing", "intensity", "crop_foreground", "crop_margin")}
+        out = {k: cfg[k] for k in ("orientation", "spacing", "intensity", "crop_foreground", "crop_margin")}
+        if cfg["nan_policy"] != "refuse":  # fill changes the images; refuse keeps the key of earlier runs
+            out["nan_policy"] = cfg["nan_policy"]
+        return out
 
     def run(self, ctx: StageContext) -> PreprocessRecord:
         prep = ctx.need(PrepareRecord)

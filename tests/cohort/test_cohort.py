@@ -214,7 +214,7 @@ def test_bad_files_are_reported_and_the_rest_written(tmp_path, capsys):
     assert all(str(inp) in r for r in reasons.values())  # each reason names its file
     assert not (out / "truncated.nii.gz").exists() and not (out / "nan.nii.gz").exists()
     csv_lines = (out / "report.csv").read_text().splitlines()
-    assert csv_lines[0] == "case,input,status,seconds,output,probabilities,error" and len(csv_lines) == 6
+    assert csv_lines[0] == "case,input,status,seconds,output,probabilities,filled_voxels,error" and len(csv_lines) == 6
     assert "3 failed" in capsys.readouterr().out
 
 

@@ -42,7 +42,7 @@ def test_infer_cohort_runs_the_named_executor(tmp_path: Path, monkeypatch: pytes
         scan.write_bytes(b"")
     bundle = SimpleNamespace(name="m", path=tmp_path, digest="0" * 64)
     out = tmp_path / "out"
-    rows = infer_cohort(bundle, scans, InferOptions(output=out), executor="fake", ray_address="here",  # type: ignore[arg-type]
+    rows = infer_cohort(bundle, scans, InferOptions(output=out, nan_policy="refuse"), executor="fake", ray_address="here",  # type: ignore[arg-type]
                         ray_workers=3, progress=False)
     assert calls == [("here", 3, ["b", "a"])]
     assert [r.case for r in rows] == ["b", "a"]  # input order

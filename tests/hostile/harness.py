@@ -44,7 +44,10 @@ def warm_imports() -> None:
     import pipeline.cli  # noqa: F401
     import pipeline.losses  # noqa: F401
     import pipeline.models  # noqa: F401
-    import pipeline.stages  # noqa: F401
+    import pipeline.cohort  # noqa: F401
+    import pipeline.stages
+
+    pipeline.stages.stage_classes()  # imports every stage module (what `pipeline run` loads)
 
 
 @dataclass

@@ -99,3 +99,16 @@ def test_axis_by_axis_sampling_with_permuted_flipped_axes(monkeypatch):
     np.testing.assert_allclose(fast.astype(np.float32), general.astype(np.float32), atol=2e-3)
     assert np.array_equal(lab_fast, lab_general)
     assert 0 < np.mean(lab_fast == 0) < 1 and np.all(fast[0][lab_fast == 0] >= 0)
+
+
+@pytest.mark.parametrize("mode", ["zscore", "percentile"])
+def test_prepare_leaves_the_callers_scan_as_it_was(mode: str) -> None:
+    """A float32 scan already in RAS with no resampling is not normalised in place: ``pipeline infer --crf`` gives
+    the CRF the scan's own intensities, as the workflow's postprocess stage does."""
+    cfg = PreprocessConfig(orientation="RAS", intensity={"mode": mode}, patch={"size": [8, 8, 8]})
+    pred = Predictor(torch.nn.Identity(), cfg, InferConfig(roi_size=[8, 8, 8]), torch.device("cpu"), 3)
+    scan = image_for((12, 10, 8))
+    before = scan.copy()
+    prepared = pred.prepare(scan, np.eye(4))
+    assert not np.allclose(prepared["image"].numpy()[0], before)  # the model sees normalised values
+    np.testing.assert_array_equal(scan, before)
