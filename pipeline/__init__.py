@@ -2,7 +2,7 @@
 
 import os as _os
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # MLflow's usage telemetry (3.x) fetches its config in a background thread; offline (clinical networks, CI) that
 # thread fails and removes a variable that concurrent tracking requests read, so a run against a tracking server

@@ -184,7 +184,7 @@ def test_bad_crf_flag_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["crf", "--probs", str(tmp_path / "p.nii.gz"), "--image", str(tmp_path / "i.nii.gz"),
                  "--out", str(tmp_path / "out.nii.gz"), *flag])
     err = capsys.readouterr().err
-    assert code == 2 and "invalid CRF option" in err and flag[0][2:].replace("-", "_") in err
+    assert code == 2 and "invalid CRF option" in err and flag[0] in err
     assert not (tmp_path / "out.nii.gz").exists()
 
 

@@ -23,10 +23,10 @@ from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError, PipelineError
 from pipeline.inference.predictor import NetworkOutput, Predictor
 from pipeline.io.atomic import WriteFault, write_json
+from pipeline.io.finite import count_non_finite, fill_non_finite
 from pipeline.io.scan import Scan, read_scan, write_labels, write_probabilities
 from pipeline.postprocess.postprocessor import Postprocessor
 from pipeline.runtime.device import select_device
-from pipeline.transforms.finite import count_non_finite, fill_non_finite
 
 if TYPE_CHECKING:
     from pipeline.cohort import InferOptions

@@ -157,8 +157,8 @@ class PreprocessConfig(Strict):
     def _axcodes(cls, v: str | None) -> str | None:
         codes = (v or "").upper().translate(str.maketrans("LPI", "RAS"))
         if v is not None and (len(codes) != 3 or sorted(codes) != ["A", "R", "S"]):
-            raise ValueError(f"orientation must be three axis codes such as 'RAS' or 'LPS' (2D images use the first "
-                             f"two), not {v!r}")
+            raise ValueError("orientation must be three axis codes such as 'RAS' or 'LPS' (2D images use the first "
+                             "two)")
         return v.upper() if v else v
 
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.data.manifest import Case, Manifest
 from pipeline.errors import DataError
+from pipeline.io.finite import count_non_finite, no_finite_message
 from pipeline.io.scan import DEFAULT_MAX_VOXELS, check_nifti
-from pipeline.transforms.finite import count_non_finite, no_finite_message
 
 AFFINE_TOL = 1e-3  # millimetres / direction cosines
 

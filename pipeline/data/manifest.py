@@ -32,24 +32,22 @@ folder that holds them. Run a manifest from an untrusted source with an explicit
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.confine import ROOT_RULE, confined_path, confinement_problem, resolve_root  # noqa: F401
 from pipeline.errors import DataError
+from pipeline.io.jsondoc import MAX_DEPTH, MAX_LABELS, MAX_MANIFEST_BYTES, read_manifest_document  # noqa: F401
+from pipeline.io.jsondoc import json_kind as _json_kind
+from pipeline.io.jsondoc import show as _show
 
 SPLITS = ("training", "validation", "test")
 # Per-case files besides image and label that domain metrics use: instance labels (cells), boundary rows (OCT).
 EXTRA_FILES = ("instances", "boundaries")
 
-MAX_MANIFEST_BYTES = 32 * 2**20  # ~150 000 cases; a larger file is refused before it is read
-MAX_DEPTH = 32  # JSON nesting: a manifest is a few levels deep; deeper nesting is refused before any recursion
-MAX_LABELS = 256  # label maps are stored as 8-bit (uint8) label images
 MAX_CHANNELS = 1024
 MAX_ID_LENGTH = 128
 MAX_PATH_LENGTH = 4096  # PATH_MAX on Linux
@@ -59,7 +57,6 @@ _CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 _INDEX_KEY = re.compile(r"0|[1-9][0-9]*")
 CASE_ID_RULE = (f"a case id is 1-{MAX_ID_LENGTH} characters among letters, digits, '_', '-' and '.', does not start "
                 "with '.' and holds no '..' (it names the files a run writes, so it may not hold a folder separator)")
-ROOT_RULE = "paths in a manifest must stay under its data root {root}; move the file there or set data.root"
 
 
 @dataclass(frozen=True)
@@ -102,19 +99,6 @@ class Manifest:
         return [c for s in SPLITS for c in self.cases.get(s, [])]
 
 
-def _json_kind(value: Any) -> str:
-    """The JSON name of a parsed value's type (for messages)."""
-    kinds = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"), (list, "array"),
-             (dict, "object"))
-    return "null" if value is None else next((k for t, k in kinds if isinstance(value, t)), type(value).__name__)
-
-
-def _show(value: Any, limit: int = 200) -> str:
-    """A value for a message: its repr, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 def case_id_problem(cid: Any) -> str | None:
     """Why ``cid`` is not a safe case id (see :data:`CASE_ID_RULE`), or ``None`` when it is one."""
     if not isinstance(cid, str):
@@ -137,126 +121,6 @@ def case_id(entry: Mapping[str, Any]) -> str:
     if isinstance(explicit, str) and explicit:
         return explicit
     return Path(str(entry.get("image", ""))).name.split(".")[0]
-
-
-def resolve_root(root: str | os.PathLike[str]) -> Path:
-    """The data root, absolute, with symlinks followed (a root that is itself a link to shared storage is fine).
-
-    Raises:
-        DataError: the folder cannot be resolved (a symlink loop, an invalid name).
-    """
-    try:
-        return Path(root).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise DataError(f"data root {_show(str(root))} cannot be resolved ({exc}); give an existing folder") from None
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
-
-
-def _realpath(joined: str, parents: dict[str, str]) -> str:
-    """``os.path.realpath(joined)``, with the parent folders' real paths cached in ``parents`` (a manifest names
-    thousands of files in a few folders: one ``lstat`` per file instead of one per path component)."""
-    if ".." in joined.split(os.sep):  # "link/.." must follow the link first: no shortcut
-        return os.path.realpath(joined)
-    parent, name = os.path.split(os.path.normpath(joined))
-    real_parent = parents.get(parent)
-    if real_parent is None:
-        real_parent = parents[parent] = os.path.realpath(parent)
-    candidate = os.path.join(real_parent, name)
-    return os.path.realpath(candidate) if os.path.islink(candidate) else candidate
-
-
-def confinement_problem(root: Path, path: str | os.PathLike[str],
-                        parents: dict[str, str] | None = None) -> tuple[Path | None, str | None]:
-    """``path`` (relative to ``root``, or absolute) resolved with symlinks followed, and why it is not under
-    ``root`` (``None`` when it is). ``root`` must already be resolved (:func:`resolve_root`); ``parents`` caches
-    resolved folders across calls with the same ``root``."""
-    base = str(root)
-    joined = os.path.join(base, os.fspath(path))
-    try:
-        resolved = _realpath(joined, {} if parents is None else parents)
-    except (OSError, ValueError) as exc:  # a NUL byte, a name too long
-        return None, f"cannot be resolved ({exc})"
-    if _under(resolved, base):
-        return Path(resolved), None
-    if _under(os.path.normpath(joined), base):
-        return Path(resolved), (f"is a symlink pointing out of the data root (to {resolved}); "
-                                + ROOT_RULE.format(root=root) + " (link the whole data folder, not single files)")
-    return Path(resolved), f"resolves to {resolved}, outside the data root; " + ROOT_RULE.format(root=root)
-
-
-def confined_path(root: str | os.PathLike[str], path: str | os.PathLike[str], what: str) -> Path:
-    """``root / path`` resolved, when it stays under ``root`` (see :func:`confinement_problem`); for writers.
-
-    Raises:
-        DataError: naming ``what`` (the case and key), the path and the rule.
-    """
-    base = resolve_root(root)
-    resolved, problem = confinement_problem(base, path)
-    if problem is not None or resolved is None:
-        raise DataError(f"{what} {_show(str(path))} {problem}")
-    return resolved
-
-
-def read_manifest_document(path: Path) -> Any:
-    """The manifest's JSON value; refuses what is not a small, UTF-8, shallow JSON file."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise DataError(f"manifest not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"manifest {path} cannot be read ({exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"manifest {path} is a folder; give the manifest's .json file")
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"manifest {path} is not a regular file (a device, fifo or socket); give a .json file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise DataError(f"manifest {path} is {st.st_size / 2**20:.0f} MiB; a manifest is at most "
-                        f"{MAX_MANIFEST_BYTES // 2**20} MiB of JSON (is this the right file?)")
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:
-        raise DataError(f"manifest {path} cannot be read ({exc.strerror or exc})") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise DataError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES // 2**20} MiB; a manifest is at most "
-                        f"{MAX_MANIFEST_BYTES // 2**20} MiB of JSON (is this the right file?)")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"manifest {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-                        "save it as UTF-8 JSON") from None
-
-    def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not a JSON number")
-
-    try:
-        doc = json.loads(text, parse_constant=no_constant)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not a valid JSON manifest ({exc.msg} at line {exc.lineno}, column "
-                        f"{exc.colno})") from None
-    except RecursionError:
-        raise DataError(f"manifest {path} nests JSON deeper than {MAX_DEPTH} levels; a manifest is an object of "
-                        "case lists") from None
-    except ValueError as exc:  # NaN / Infinity, an integer of more than 4300 digits
-        why = "a number with thousands of digits" if "integer string conversion" in str(exc) else str(exc)
-        raise DataError(f"{path}: not a valid JSON manifest ({why})") from None
-    _check_depth(doc, path)
-    return doc
-
-
-def _check_depth(doc: Any, path: Path) -> None:
-    """Refuse nesting deeper than :data:`MAX_DEPTH` (iteratively: no recursion on hostile input)."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise DataError(f"manifest {path} nests JSON deeper than {MAX_DEPTH} levels; a manifest is an object "
-                            "of case lists")
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
 
 
 def _index_map(doc: Mapping[str, Any], key: str, what: str, limit: int, example: str,

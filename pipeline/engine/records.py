@@ -124,14 +124,22 @@ def read_run(run_dir: Path, stages: Sequence[type[Stage]]) -> RunRecords:
     """
     import yaml
 
+    from pipeline.config.loader import _format_pydantic, _yaml_problem, parse_yaml  # the YAML budget of workflow files
+
     run_dir = Path(run_dir).resolve()
     wf_path = run_dir / "workflow.yaml"
     try:
-        workflow = Workflow.model_validate(yaml.safe_load(wf_path.read_text()))
+        workflow = Workflow.model_validate(parse_yaml(wf_path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise PipelineError(f"{run_dir} is not a finished run (no workflow.yaml); give the run folder "
                             "`pipeline run` printed") from None
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
+    except ValidationError as exc:  # written by another version, or edited by hand
+        problems = "; ".join(_format_pydantic(exc, limit=5))
+        raise PipelineError(f"{wf_path} cannot be read as a workflow ({problems}); re-run the workflow into a new "
+                            "run folder") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{wf_path} cannot be read as a workflow ({_yaml_problem(exc)})") from None
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, a YAML value its tag cannot hold
         raise PipelineError(f"{wf_path} cannot be read as a workflow ({exc})") from None
     records, legacy = {}, []
     for stage in stages:

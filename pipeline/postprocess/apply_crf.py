@@ -43,7 +43,7 @@ def load_crf_inputs(probs_path: Path, image_path: Path, num_classes: int | None 
             negative or NaN values, sums off 1 beyond tolerance.
     """
     from pipeline.data.checks import read_nifti
-    from pipeline.transforms.finite import count_non_finite, fill_non_finite
+    from pipeline.io.finite import count_non_finite, fill_non_finite
 
     pimg, probs = read_nifti(Path(probs_path), "probabilities", Path(probs_path).name)
     iimg, image = read_nifti(Path(image_path), "image", Path(image_path).name)

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 import torch
 
 from pipeline.cli import main
-from pipeline.io import atomic
+from pipeline.io import faults  # free_bytes is looked up there (also by the atomic writers)
 from tests.hostile.harness import refused, refused_call, snapshot
 from tests.utils import blob_dataset, tiny_workflow
 
@@ -289,7 +289,7 @@ def test_full_disk_during_training(weird: dict[str, Path], tmp_path: Path, monke
     if how.startswith("torch.save"):
         run_dir = tmp_path / "run"
         monkeypatch.setattr(torch, "save", pytorch_full_disk(torch.save))
-        monkeypatch.setattr(atomic, "free_bytes", lambda folder: 0)  # what a full disk has left
+        monkeypatch.setattr(faults, "free_bytes", lambda folder: 0)  # what a full disk has left
     else:
         run_dir = request.getfixturevalue("small_tmpfs") / "run"
     refused(["run", str(weird["workflow"]), "--run-dir", str(run_dir)], capsys, seconds=30,
@@ -311,7 +311,7 @@ def test_full_disk_in_each_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     scan = read_scan(write_nifti(tmp_path / "src" / "s.nii.gz", np.zeros((4, 3, 2), np.float32), np.eye(4)))
     real_write_bytes = Path.write_bytes
-    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 0)
+    monkeypatch.setattr(faults, "free_bytes", lambda folder: 0)
 
     def full(self: Path, data: bytes) -> int:
         real_write_bytes(self, data[:1])

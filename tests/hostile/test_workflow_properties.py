@@ -172,11 +172,12 @@ def _regression(name: str, **changes: Any) -> tuple[str, Any, None, None, set[st
     return name, doc, None, None, set()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True,  # the same examples on every CI run
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(example=mutated())
 @example(example=_regression("deeplab_cells.yaml", **{"data.manifest": {}}))  # a section where a path belongs
 @example(example=_regression("vnet_prostate.yaml", model={"name": "vnet", "levels": 2**70}))  # range(levels)
+@example(example=_regression("deeplab_cells.yaml", **{"preprocess.orientation": "x" * 3000}))  # echoed in full
 def test_mutated_shipped_workflows_never_crash(shipped: Path, example: tuple[str, Any, str | None, Any, set[str]]
                                                ) -> None:
     """Random mutations of workflows/*.yaml and their presets → a valid workflow or one ConfigError naming paths."""

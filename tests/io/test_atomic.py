@@ -77,10 +77,10 @@ def test_only_environment_errors_become_messages(tmp_path: Path, monkeypatch: py
 def test_errno_less_error_under_an_exhausted_quota_is_a_full_disk(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.save's RuntimeError while the filesystem has room but the user's quota is spent: a probe write tells."""
-    from pipeline.io import atomic
+    from pipeline.io import faults  # free_bytes is looked up there (also by the atomic writers)
     from pipeline.io.atomic import DiskFullError, atomic_path
 
-    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 10 << 30)
+    monkeypatch.setattr(faults, "free_bytes", lambda folder: 10 << 30)
     with pytest.raises(RuntimeError, match="unexpected pos"), atomic_path(tmp_path / "a.pt"):  # quota fine: a bug
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.io import atomic
+from pipeline.io import faults  # free_bytes is looked up there (also by the atomic writers)
 from pipeline.io.atomic import DiskFullError, atomic_path, write_bytes, write_text
 from pipeline.training.checkpoint import save_checkpoint
 from tests.utils import blob_dataset, tiny_workflow
@@ -58,15 +58,15 @@ def test_edquot_of_any_writer_says_what_was_written(tmp_path: Path) -> None:
 def test_torch_style_error_counts_as_full_only_when_the_disk_is(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """torch.save reports a full disk as a RuntimeError without an errno ("unexpected pos ...")."""
-    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 0)
+    monkeypatch.setattr(faults, "free_bytes", lambda folder: 0)
     with pytest.raises(DiskFullError, match="0 B free"), atomic_path(tmp_path / "a.pt"):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
-    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 10 << 30)
+    monkeypatch.setattr(faults, "free_bytes", lambda folder: 10 << 30)
     with pytest.raises(RuntimeError, match="unexpected pos"), atomic_path(tmp_path / "a.pt"):
         raise RuntimeError("unexpected pos 576 vs 534")
     with pytest.raises(PermissionError), atomic_path(tmp_path / "a.pt"):  # other OS errors stay what they are
         raise PermissionError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr(atomic, "free_bytes", lambda folder: 0)
+    monkeypatch.setattr(faults, "free_bytes", lambda folder: 0)
     with pytest.raises(ValueError), atomic_path(tmp_path / "a.pt"):  # a bug stays a bug, full disk or not
         raise ValueError("bad value")
     assert list(tmp_path.iterdir()) == []

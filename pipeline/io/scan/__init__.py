@@ -19,8 +19,10 @@ zero, negative or non-finite voxel sizes or a singular or non-finite matrix.
 
 Modules: :mod:`~pipeline.io.scan.names` (suffixes, output names, temporaries), :mod:`~pipeline.io.scan.geometry`
 (:class:`Scan`, ITK ↔ RAS geometry), :mod:`~pipeline.io.scan.headers` (where MetaImage and NRRD headers keep their
-data), :mod:`~pipeline.io.scan.limits` (the header checks), :mod:`~pipeline.io.scan.read` and
-:mod:`~pipeline.io.scan.write` (with the read-back check).
+data), :mod:`~pipeline.io.scan.limits` (the header checks), :mod:`~pipeline.io.scan.nifti_header` (the NIfTI header
+check), :mod:`~pipeline.io.scan.itk` (MetaImage and NRRD with SimpleITK), :mod:`~pipeline.io.scan.dicom` (DICOM
+series), :mod:`~pipeline.io.scan.read` (reading any of them) and :mod:`~pipeline.io.scan.write` (with the read-back
+check).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ rule and what to do.
   (the network takes real scalars; complex data would lose their imaginary part).
 - **Geometry** (:func:`check_axes`, :func:`check_spacing`): finite values, positive spacing, axes that span the
   grid (a singular matrix has no inverse, and every resampling or orientation step needs one).
+
+A file that a reader fails on anyway is truncated or corrupt: :func:`cannot_read` words that error.
 """
 
 from __future__ import annotations
@@ -166,15 +168,35 @@ def confined(header: Path, field: str, name: str) -> Path:
     return path
 
 
+def cannot_read(path: Path, what: str, exc: BaseException) -> DataError:
+    """The error for a file a reader failed on (``exc``, from nibabel or ITK): truncated or corrupt."""
+    return DataError(f"{path}: cannot read {what} (truncated or corrupt file: {error_reason(exc)}); "
+                     "re-export or re-copy it")
+
+
+def error_reason(exc: BaseException) -> str:
+    """One line out of an exception; ITK's messages span several lines with source locations."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "ERROR:" in ln:  # "ITK ERROR: MetaImageIO(0x...): <what went wrong>"
+            msg = ln.split("): ", 1)[1] if "): " in ln else ln.split("ERROR:", 1)[1].strip()
+            if msg.endswith(":") and i + 1 < len(lines):  # NRRD: the innermost cause comes last
+                msg = f"{msg} {lines[-1].removeprefix('[nrrd] ')}"
+            return msg
+    return lines[0] if lines else type(exc).__name__
+
+
 __all__ = [
     "DEFAULT_MAX_VOXELS",
     "RAISE_BUDGET",
     "axes_problem",
+    "cannot_read",
     "check_axes",
     "check_data_size",
     "check_spacing",
     "check_voxel_budget",
     "confined",
+    "error_reason",
     "inside",
     "refuse_voxel_type",
     "shape_text",
