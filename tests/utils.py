@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
-import SimpleITK as sitk
 import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
 import yaml
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,3 +172,33 @@ def write_dicom_series(folder: Path, data: np.ndarray, direction, origin,
         writer.SetFileName(str(folder / f"IM{series_uid.rsplit('.', 1)[-1]}_{k:04d}"))
         writer.Execute(slice_image)
     return volume_image
+
+
+class Threshold(nn.Module):
+    """Class 1 wherever the intensity is above 51: a network whose answer is known at every voxel, so bundles of it
+    need no training. The one parameter makes the weights file real. Tests register it under a name of their own
+    (``monkeypatch.setitem(MODELS._items, NAME, Threshold)``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.level = nn.Parameter(torch.tensor(51.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.level - x, x - self.level], dim=1)
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path, options: str, what: str = "a tmpfs") -> Iterator[Path]:
+    """``folder`` with a tmpfs mounted on it (``mount -o OPTIONS``, needs root or CAP_SYS_ADMIN), unmounted after;
+    the test is skipped, saying why, where mounting is not permitted."""
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=False,
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount {what} here ({exc})")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount {what} here ({done.stderr.decode(errors='replace').strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True, timeout=10)

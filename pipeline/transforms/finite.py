@@ -1,18 +1,5 @@
-"""NaN and infinite voxels: counted, and filled when the workflow (``preprocess.nan_policy: fill``) or ``pipeline
-infer --nan-policy fill`` asks for it.
-
-Registration and resampling tools write NaN outside the field of view (nibabel's own test image
-``resampled_anat_moved.nii`` has 153 such voxels). By default a scan with any NaN or ±inf voxel is refused: a NaN
-spreads through interpolation, normalisation and every convolution, so one voxel would spoil the whole prediction.
-With ``fill`` each such voxel takes the smallest finite value of its channel (per channel: the channels of a
-multi-channel scan have their own units), i.e. the background of the scan, and the count is recorded; a channel
-without a single finite voxel has nothing to fill with and is refused.
-
-The same filling runs wherever the model sees an image: the checks of the prepare stage count (and refuse), the
-deterministic preprocessing (:class:`FillNonFinited`, so the preprocess stage, the infer stage, validation and
-``pipeline infer`` alike) fills, and ``pipeline infer`` fills the scan before preprocessing so that the CRF sees
-the same image.
-"""
+"""NaN and infinite voxels in the preprocessing chain: :class:`FillNonFinited` fills them in a MONAI dictionary
+(``preprocess.nan_policy: fill``). Counting, filling and the policy's reasons are in :mod:`pipeline.io.finite`."""
 
 from __future__ import annotations
 

@@ -10,26 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
-from torch import nn
 
 from pipeline.bundle import write_bundle
 from pipeline.cli import main
 from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessConfig
 from pipeline.models import MODELS
-from tests.utils import AFFINES, itk_image, make_affine, rotation, write_dicom_series, write_nifti
-
-
-class Threshold(nn.Module):
-    """Class 1 wherever the intensity is above 51: a network whose answer we know at every voxel. The one
-    parameter makes the weights file real."""
-
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3) -> None:
-        super().__init__()
-        self.level = nn.Parameter(torch.tensor(51.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.level - x, x - self.level], dim=1)
+from tests.utils import AFFINES, Threshold, itk_image, make_affine, rotation, write_dicom_series, write_nifti
 
 
 @pytest.fixture(autouse=True)
@@ -224,7 +210,7 @@ def test_done_cases_are_skipped_until_model_input_or_options_change(tmp_path):
     write_nifti(inp / "b.nii.gz", blob(), AFFINES["ras"])
     out = tmp_path / "out"
     bundle = threshold_bundle(tmp_path / "model")
-    statuses = lambda: {k: v["status"] for k, v in read_report(out).items()}  # noqa: E731
+    statuses = lambda: {k: v["status"] for k, v in read_report(out).items()}
     assert infer(str(bundle), "--input", str(inp), "--output", str(out)) == 0
     assert statuses() == {"a.nii.gz": "written", "b.nii.gz": "written"}
     assert infer(str(bundle), "--input", str(inp), "--output", str(out)) == 0

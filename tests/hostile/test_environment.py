@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ import torch
 from pipeline.cli import main
 from pipeline.io import faults  # free_bytes is looked up there (also by the atomic writers)
 from tests.hostile.harness import refused, refused_call, snapshot
-from tests.utils import blob_dataset, tiny_workflow
+from tests.utils import blob_dataset, mounted_tmpfs, tiny_workflow
 
 WEIRD = "dir with spaces/données ü 画像"  # a folder name with spaces, accents and CJK characters
 
@@ -137,18 +136,8 @@ def real_read_only(tmp_path: Path) -> Iterator[Path]:
         yield folder
         folder.chmod(0o755)
         return
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], check=False,
-                              capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"running as root and cannot mount a read-only tmpfs here ({exc})")
-    if done.returncode != 0:
-        pytest.skip("running as root and cannot mount a read-only tmpfs here "
-                    f"({done.stderr.decode(errors='replace').strip()})")
-    try:
+    with mounted_tmpfs(folder, "size=64k,ro", "a read-only tmpfs (running as root)"):
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True, timeout=10)
 
 
 READ_ONLY = ["no permission (EACCES, simulated)", "read-only filesystem (EROFS, simulated)", "real"]
@@ -268,17 +257,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 128 KiB tmpfs: room for a tiny run's data stages, not for its checkpoints (needs root)."""
     mnt = tmp_path / f"petit disque {uuid.uuid4().hex[:6]}"
     mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mnt)], check=False,
-                              capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode(errors='replace').strip()})")
-    try:
+    with mounted_tmpfs(mnt, "size=128k"):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True, timeout=10)
 
 
 @pytest.mark.parametrize("how", ["torch.save fails as PyTorch does (simulated)", "a real 128 KiB tmpfs"])

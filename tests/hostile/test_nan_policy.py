@@ -16,7 +16,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pipeline.bundle import load_bundle, write_bundle
 from pipeline.cli import main
@@ -26,21 +25,12 @@ from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessCon
 from pipeline.models import MODELS
 from pipeline.tracking.inference import batch_ended, batch_started
 from tests.hostile.harness import refused
-from tests.utils import AFFINES, blob_dataset, tiny_workflow, write_nifti
+from tests.utils import AFFINES, Threshold, blob_dataset, tiny_workflow, write_nifti
 
 RESAMPLED = Path(nib.__file__).parent / "tests" / "data" / "resampled_anat_moved.nii"
 RESAMPLED_NAN = 153  # NaN voxels of RESAMPLED (outside the field of view)
 
 
-class Threshold(nn.Module):
-    """Class 1 wherever the intensity is above 51: a network whose answer is known at every voxel."""
-
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3) -> None:
-        super().__init__()
-        self.level = nn.Parameter(torch.tensor(51.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.level - x, x - self.level], dim=1)
 
 
 @pytest.fixture(autouse=True)

@@ -17,28 +17,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
-from torch import nn
 
 from pipeline.bundle import write_bundle
 from pipeline.cli import main
 from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessConfig
 from pipeline.models import MODELS
 from tests.hostile.harness import refused
-from tests.utils import AFFINES, blob_dataset, tiny_workflow, write_dicom_series, write_nifti
+from tests.utils import AFFINES, Threshold, blob_dataset, tiny_workflow, write_dicom_series, write_nifti
 
 SHAPE = (20, 18, 10)
 
 
-class Threshold(nn.Module):
-    """Class 1 above 51: a network that needs no training."""
-
-    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 3) -> None:
-        super().__init__()
-        self.level = nn.Parameter(torch.tensor(51.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.level - x, x - self.level], dim=1)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pipeline.cli import main
 from pipeline.io import faults  # free_bytes is looked up there (also by the atomic writers)
 from pipeline.io.atomic import DiskFullError, atomic_path, write_bytes, write_text
 from pipeline.training.checkpoint import save_checkpoint
-from tests.utils import blob_dataset, tiny_workflow
+from tests.utils import blob_dataset, mounted_tmpfs, tiny_workflow
 
 
 def no_space(code: int = errno.ENOSPC) -> OSError:
@@ -77,17 +76,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs (needs root or CAP_SYS_ADMIN; skipped where mounting is not permitted)."""
     mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
     mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=False,
-                              capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode(errors='replace').strip()})")
-    try:
+    with mounted_tmpfs(mnt, "size=1m"):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True, timeout=10)
 
 
 def test_a_real_full_filesystem(small_tmpfs: Path) -> None:
