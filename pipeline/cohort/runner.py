@@ -77,9 +77,6 @@ class CaseRunner:
         done = isinstance(record, dict) and record.get("key") == key and all(p.is_file() for p in outputs)
         return record if done else None
 
-    def is_done(self, job: Job, key: str) -> bool:
-        return self.done_record(job, key) is not None
-
     def load(self, job: Job) -> Loaded | Row:
         """Key, skip check, read, check and preprocess (any thread)."""
         t0 = time.perf_counter()
