@@ -3,7 +3,8 @@ foundation imports no stage or application package. Also: no module of ``pipelin
 
 Layers, bottom up:
 
-* foundation: :data:`FOUNDATION` (configuration, engine, I/O, models, losses, runtime, registry, errors);
+* foundation: :data:`FOUNDATION` (configuration, engine, I/O, models, losses, instances, runtime, registry,
+  errors);
 * stage packages, in run order (:func:`stage_packages`, asked from the engine): each may import from itself, from
   earlier stage packages and from the foundation;
 * application: :data:`APPLICATION` (command line, bundles, cohort runs, tracking, the assembled stages): anything.
@@ -25,7 +26,7 @@ ROOT = Path(pipeline.__file__).resolve().parent
 SRC = ROOT.parent
 MAX_LINES = 400
 
-FOUNDATION = ("config", "engine", "errors", "io", "losses", "models", "registry", "runtime")
+FOUNDATION = ("config", "engine", "errors", "instances", "io", "losses", "models", "registry", "runtime")
 APPLICATION = ("__main__", "bundle", "cli", "cohort", "stages", "tracking")
 
 
