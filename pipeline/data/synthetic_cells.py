@@ -21,17 +21,38 @@ Labels:
 * **Instances** (``instances``): ``0`` background, ``1..N`` one id per nucleus, consecutive, each a single connected
   component (4-/6-connected). ``instances > 0`` equals ``label > 0`` exactly.
 
-Recipe:
+Recipe (version :data:`RECIPE` = 2; a manifest may pin it as ``source["recipe"]``, and the shipped demos keep
+its files under ``recipe2/`` so that folders written by an older recipe are never mistaken for current ones):
 
-* Nuclei are ellipses (2D) or ellipsoids flattened along z (3D) with semi-axes of 4-7 um (2D) or 3.5-6 um in
-  x/y and 0.6-0.9 of that along z (3D), a random in-plane orientation and a slightly wobbly outline (low-order
-  angular harmonics). About a third are placed against an existing nucleus so that they touch or overlap
-  (overlaps are split along the curve where the two normalised ellipse radii are equal); the rest are placed
-  without contact. Nuclei may be cut by the field-of-view border.
-* Each nucleus has its own brightness (0.55-1.0) and chromatin texture; the interface between touching nuclei is
-  slightly dimmer; a few small unlabelled debris specks, a dim background and smooth uneven illumination are added.
-* Acquisition: Gaussian PSF (sigma 0.6 um laterally, 1.2 um axially), Poisson photon noise with a random peak of
+* **Shapes** (:mod:`pipeline.data.synthetic_nuclei_shapes`): ellipses (2D) or ellipsoids flattened along z (3D,
+  z semi-axis 0.55-0.85 of the in-plane radius) with a log-uniform radius of 3.2-7.5 um (2D) or 3-6 um (3D); a
+  fifth are elongated 1.5-2x, the rest 1 + |N(0, 0.12)|; the in-plane semi-axes are clipped to 3-9 um (2D) or
+  2.5-7.5 um (3D); a random in-plane orientation and a slightly wobbly outline (angular harmonics 2-4).
+* **Layout**: the number of nuclei aims at a coverage of 0.30-0.42 (2D) or 0.20-0.30 (3D) of the field, 45-70 %
+  of them in clusters of 3-8 (3D: 3-6) nuclei pressed together. A cluster grows from a nucleus in the middle 70 %
+  of the field (z: the middle 40 %); each new member sits against a random member at 0.80-0.93 of the sum of
+  their radii along the line between the centres (in 3D mostly side by side), at least 0.78 of it from the other
+  members, so neighbours overlap slightly and the overlap is split along the curve where the two normalised radii
+  are equal: a shared, flat-ish border, no big overlaps. The other nuclei are isolated, with a gap (1.2x) to every
+  other one. Nuclei may be cut by the field-of-view border; each keeps its largest connected piece, and pieces
+  under 20 pixels / 40 voxels are dropped.
+* **Nuclei**: relative brightness 0.6-1.0 (the brightest in-focus nucleus 1.0), and 1-3 dim nuclei (any, never all)
+  at 0.25-0.4; a centre-to-edge fall-off of 5-25 %; a two-scale chromatin texture (correlation 0.6 and 1.8 um,
+  standard deviation 10-20 %). The interface between touching nuclei is at most slightly dimmer (x0.88-1.0), so
+  the semantic mask alone does not separate them. 1-2 isolated nuclei that are not dim (when there are any) are
+  **out of focus**: dimmer (x0.5-0.75, at most 0.75) and blurred on their own by a Gaussian of sigma 2-3.5 um
+  laterally (twice that along z in 3D); they are labelled like every other nucleus.
+* **Background**: an offset of 0.03-0.06 plus a low-frequency haze (a smooth field of correlation ~8 um scaled to
+  0-0.06 ... 0-0.18), 2-6 (3D: 2-8) small unlabelled debris specks (radius 0.4-1.2 um, +0.3-0.9, not on nuclei),
+  and an uneven illumination multiplying everything: a linear ramp of +-20-40 % in a random direction times a 6 %
+  smooth field (correlation ~20 um), at least 0.3. A single global threshold (e.g. Otsu) then misses the dim
+  nuclei.
+* **Acquisition**: Gaussian PSF (sigma 0.6 um laterally, 1.2 um axially), Poisson photon noise with a random peak of
   60-200 photons, Gaussian read noise (sigma 1.5-3 counts) and a camera offset of 10 counts.
+
+Typical default cases (24 seeds): 2D 15-20 nuclei (mean 17.5), two thirds of them in 1-3 clusters of 3-8 touching
+nuclei; 3D 20-29 (mean 25), about half in 1-4 clusters. :func:`generate_cells_case` also returns each nucleus'
+brightness, defocus blur and cluster.
 """
 
 from __future__ import annotations
@@ -40,12 +61,13 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 from pipeline.data.manifest import confined_path
+from pipeline.data.synthetic_nuclei_shapes import neighbour_differs, place_nuclei, rasterise, smooth_noise
 from pipeline.errors import DataError
 
 __all__ = [
@@ -53,12 +75,15 @@ __all__ = [
     "DEFAULT_SHAPE_3D",
     "DEFAULT_SPACING_2D",
     "DEFAULT_SPACING_3D",
+    "RECIPE",
+    "CellsCase",
     "case_seed",
+    "generate_cells_case",
     "make_cells_case",
+    "register",
     "write_cells_2d_case",
     "write_cells_3d_case",
     "write_cells_case",
-    "register",
 ]
 
 DEFAULT_SHAPE_2D: tuple[int, int] = (128, 128)
@@ -66,6 +91,7 @@ DEFAULT_SPACING_2D: tuple[float, float] = (0.0005, 0.0005)  # mm (0.5 um)
 DEFAULT_SHAPE_3D: tuple[int, int, int] = (64, 64, 24)
 DEFAULT_SPACING_3D: tuple[float, float, float] = (0.0005, 0.0005, 0.001)  # mm (0.5 x 0.5 x 1.0 um)
 
+RECIPE = 2  # bump when the output for a given seed changes; manifests may pin it as source["recipe"]
 CAMERA_OFFSET = 10.0
 _MIN_SIZE = {2: 20, 3: 40}  # pixels / voxels: smaller fragments (border cuts) are dropped
 
@@ -81,24 +107,136 @@ def case_seed(source_seed: int, case_id: str, spatial_dims: int = 2) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_px: Sequence[float]) -> np.ndarray:
-    """Gaussian random field, zero mean and unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=list(sigma_px),
-                                    mode="reflect")
-    field -= field.mean()
-    std = float(field.std())
-    return field / std if std > 0 else field
+class CellsCase(NamedTuple):
+    """One generated case: the arrays :func:`make_cells_case` returns, and what each nucleus was made of.
+
+    ``nuclei`` maps a property to an array indexed by instance id (index 0, the background, holds 0 / -1):
+    ``brightness`` (relative peak intensity before illumination, the brightest in-focus nucleus 1.0),
+    ``out_of_focus`` (bool), ``blur_um`` (the extra defocus blur's sigma; 0 when in focus), ``cluster`` (the cluster
+    it was placed in, ``-1`` for an isolated nucleus).
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    instances: np.ndarray
+    affine: np.ndarray
+    nuclei: dict[str, np.ndarray]
 
 
-def _neighbour_differs(inst: np.ndarray) -> np.ndarray:
-    """Pixels of a nucleus with a pixel of another nucleus in their full (8/26) neighbourhood."""
-    footprint = np.ones((3,) * inst.ndim, dtype=bool)
-    big = np.iinfo(np.int32).max
-    as_int = inst.astype(np.int32)
-    hi = ndimage.maximum_filter(as_int, footprint=footprint, mode="constant", cval=0)
-    lo = ndimage.minimum_filter(np.where(as_int > 0, as_int, big), footprint=footprint, mode="constant", cval=big)
-    fg = as_int > 0
-    return fg & ((hi != as_int) | ((lo != as_int) & (lo != big)))
+def _appearance(rng: np.random.Generator, n: int, cluster: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-nucleus brightness (1-3 dim ones), 1-2 out-of-focus isolated ones, and the centre-to-edge fall-off."""
+    bright = np.zeros(n + 1)
+    bright[1:] = rng.uniform(0.6, 1.0, size=n)
+    n_dim = min(max(n - 1, 0), int(rng.integers(1, 4)))
+    dim = 1 + rng.choice(n, size=n_dim, replace=False) if n_dim else np.zeros(0, dtype=np.int64)
+    normal = np.arange(n + 1) > 0
+    normal[dim] = False
+    isolated = np.nonzero(normal & (cluster < 0))[0]
+    n_oof = min(len(isolated), int(rng.integers(1, 3)))
+    oof = rng.choice(isolated, size=n_oof, replace=False) if n_oof else np.zeros(0, dtype=np.int64)
+    blur = np.zeros(n + 1)
+    blur[oof] = rng.uniform(2.0, 3.5, size=n_oof)
+    in_focus = normal & (blur == 0)
+    if n:  # the brightest in-focus nucleus at 1.0
+        bright[normal] /= bright[in_focus].max() if in_focus.any() else bright[normal].max()
+    bright[oof] = np.minimum(bright[oof] * rng.uniform(0.5, 0.75, size=n_oof), 0.75)
+    bright[dim] = rng.uniform(0.25, 0.4, size=n_dim)
+    dome = rng.uniform(0.05, 0.25, size=n + 1)
+    return {"brightness": bright, "out_of_focus": blur > 0, "blur_um": blur, "cluster": cluster, "dome": dome}
+
+
+def _defocus(nuc: np.ndarray, instances: np.ndarray, blur_um: np.ndarray, psf_ratio: np.ndarray,
+             sp_um: np.ndarray) -> np.ndarray:
+    """The in-focus nuclei, plus each out-of-focus nucleus blurred on its own (Gaussian, sigma ``blur_um`` laterally
+    and ``psf_ratio`` times that per axis)."""
+    out = np.where(blur_um[instances] > 0, np.float32(0.0), nuc).astype(np.float32)
+    objects = ndimage.find_objects(instances)
+    for i in np.nonzero(blur_um > 0)[0]:
+        sigma = blur_um[i] * psf_ratio / sp_um
+        pad = np.ceil(3 * sigma).astype(int)
+        sl = objects[i - 1]
+        win = tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(sl, pad, instances.shape))
+        layer = np.where(instances[win] == i, nuc[win], np.float32(0.0))
+        out[win] += ndimage.gaussian_filter(layer, sigma=list(sigma), mode="constant")
+    return out
+
+
+def _check_geometry(shape: Sequence[int], spacing: Sequence[float] | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if ndim not in (2, 3) or any(s < 8 for s in shape):
+        raise DataError(f"synthetic cells: shape must be 2 or 3 ints >= 8, got {shape}")
+    if spacing is None:
+        spacing = DEFAULT_SPACING_2D if ndim == 2 else DEFAULT_SPACING_3D
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != ndim or any(not (s > 0 and math.isfinite(s)) for s in spacing):
+        raise DataError(f"synthetic cells: spacing must be {ndim} positive numbers (mm), got {spacing}")
+    return shape, spacing
+
+
+def generate_cells_case(
+    seed: int,
+    shape: Sequence[int] = DEFAULT_SHAPE_2D,
+    spacing: Sequence[float] | None = None,
+    boundary_class: bool = False,
+) -> CellsCase:
+    """:func:`make_cells_case` with each nucleus' properties (:class:`CellsCase`); same arguments and arrays."""
+    shape, spacing = _check_geometry(shape, spacing)
+    ndim = len(shape)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed) & ((1 << 128) - 1)))
+    sp_um = np.asarray(spacing) * 1000.0  # um per pixel
+    extent_um = np.asarray(shape) * sp_um
+
+    nuclei = place_nuclei(rng, ndim, extent_um)
+    instances, index, q = rasterise(nuclei, shape, sp_um, _MIN_SIZE[ndim])
+    n = int(instances.max())
+    fg = instances > 0
+    interface = neighbour_differs(instances)
+    label = fg.astype(np.uint8)
+    if boundary_class:
+        label[interface] = 2
+    info = _appearance(rng, n, np.array([-1] + [nuclei[i].cluster for i in index[1:]], dtype=np.int64))
+
+    # --- nuclei: brightness x centre-to-edge fall-off x chromatin texture; interfaces at most slightly dimmer -------
+    fine = smooth_noise(rng, shape, [max(0.6 / s, 0.5) for s in sp_um])
+    coarse = smooth_noise(rng, shape, [max(1.8 / s, 0.5) for s in sp_um])
+    texture = 1.0 + rng.uniform(0.10, 0.20) * (0.6 * fine + 0.8 * coarse)
+    profile = (info["brightness"][instances] * (1.0 - info["dome"][instances] * q * q)).astype(np.float32)
+    nuc = np.where(fg, np.clip(profile * texture, 0.0, None), np.float32(0.0)).astype(np.float32)
+    nuc[interface] *= np.float32(rng.uniform(0.88, 1.0))
+    psf_um = np.array([0.6, 0.6, 1.2][:ndim])
+    img = _defocus(nuc, instances, info["blur_um"], psf_um / psf_um[0], sp_um)
+
+    # --- background: offset plus low-frequency haze, unlabelled debris specks, uneven illumination -------------------
+    haze = smooth_noise(rng, shape, [max(8.0 / s, 1.0) for s in sp_um])
+    haze = (haze - haze.min()) / (float(np.ptp(haze)) + 1e-6)
+    img += np.float32(rng.uniform(0.03, 0.06)) + np.float32(rng.uniform(0.06, 0.18)) * haze
+    grids = np.ogrid[tuple(slice(0, n_) for n_ in shape)]
+    for _ in range(int(rng.integers(2, 7 if ndim == 2 else 9))):
+        centre = rng.uniform(0, 1, size=ndim) * np.asarray(shape)
+        rad_um = rng.uniform(0.4, 1.2)
+        d2 = sum(((g + 0.5 - centre[d]) * sp_um[d]) ** 2 for d, g in enumerate(grids))
+        img[(d2 < rad_um**2) & ~fg] += np.float32(rng.uniform(0.3, 0.9))
+    direction = rng.normal(size=ndim) * ([1.0, 1.0, 0.3][:ndim])
+    ramp = sum(((g + 0.5) / n_ - 0.5) * direction[d] for d, (g, n_) in enumerate(zip(grids, shape)))
+    ramp = ramp / (0.5 * float(np.abs(direction).sum()) + 1e-12)
+    illum = (1.0 + rng.uniform(0.2, 0.4) * ramp) * (1.0 + 0.06 * smooth_noise(rng, shape, [max(20.0 / s, 1.0)
+                                                                                                for s in sp_um]))
+    img = (img * np.clip(illum, 0.3, None)).astype(np.float32)
+
+    # --- acquisition --------------------------------------------------------------------------------------------------
+    img = ndimage.gaussian_filter(img, sigma=list(psf_um / sp_um), mode="nearest")
+    peak = rng.uniform(60.0, 200.0)
+    counts = rng.poisson(np.clip(img, 0, None) * peak).astype(np.float32)
+    read = rng.uniform(1.5, 3.0)
+    counts += CAMERA_OFFSET + rng.standard_normal(shape).astype(np.float32) * read
+    image = counts.astype(np.float32)
+
+    affine = np.eye(4)
+    for d in range(ndim):
+        affine[d, d] = spacing[d]
+    del info["dome"]
+    return CellsCase(image, label, instances, affine, info)
 
 
 def make_cells_case(
@@ -118,137 +256,12 @@ def make_cells_case(
     Returns:
         ``(image, label, instances, affine)``: image float32 (camera counts), label uint8 (0/1, or 0/1/2 with
         ``boundary_class``), instances uint16 (0 background, 1..N), and the 4x4 float64 affine ``diag(spacing)``.
+
+    Raises:
+        DataError: the shape or spacing is malformed.
     """
-    shape = tuple(int(s) for s in shape)
-    ndim = len(shape)
-    if ndim not in (2, 3) or any(s < 8 for s in shape):
-        raise DataError(f"synthetic cells: shape must be 2 or 3 ints >= 8, got {shape}")
-    if spacing is None:
-        spacing = DEFAULT_SPACING_2D if ndim == 2 else DEFAULT_SPACING_3D
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != ndim or any(not (s > 0 and math.isfinite(s)) for s in spacing):
-        raise DataError(f"synthetic cells: spacing must be {ndim} positive numbers (mm), got {spacing}")
-    rng = np.random.default_rng(np.random.SeedSequence(int(seed) & ((1 << 128) - 1)))
-    sp_um = np.asarray(spacing) * 1000.0  # um per pixel
-    extent_um = np.asarray(shape) * sp_um
-
-    # --- nuclei geometry (in um, field-of-view frame) ---------------------------------------------------------------
-    r_lo, r_hi = (4.0, 7.0) if ndim == 2 else (3.5, 6.0)
-    mean_vol = (math.pi * ((r_lo + r_hi) / 2) ** 2) if ndim == 2 else (4 / 3 * math.pi * ((r_lo + r_hi) / 2) ** 3
-                                                                       * 0.75)
-    coverage = rng.uniform(0.22, 0.38)
-    n_target = max(3, int(round(coverage * float(np.prod(extent_um)) / mean_vol)))
-    nuclei: list[dict[str, Any]] = []
-    for _ in range(n_target):
-        r = rng.uniform(r_lo, r_hi)
-        elong = rng.uniform(0.75, 1.3)
-        axes = [r * elong, r / elong] + ([r * rng.uniform(0.6, 0.9)] if ndim == 3 else [])
-        angle = rng.uniform(0.0, math.pi)
-        harmonics = [(k, rng.normal(0.0, 0.04), rng.uniform(0, 2 * math.pi)) for k in (2, 3, 4)]
-        centre = None
-        touching = nuclei and rng.random() < 0.35
-        for _attempt in range(30):
-            if touching:
-                other = nuclei[int(rng.integers(len(nuclei)))]
-                direction = rng.normal(size=ndim)
-                if ndim == 3:
-                    direction[2] *= 0.3  # touching mostly side by side
-                direction /= np.linalg.norm(direction) + 1e-12
-                reach = (min(other["axes"][:2]) + min(axes[:2])) * rng.uniform(0.85, 1.02)
-                cand = other["centre"] + direction * reach
-                if np.any(cand < 0) or np.any(cand > extent_um):
-                    continue
-            else:
-                cand = rng.uniform(-0.1, 1.1, size=ndim) * extent_um
-                if any(np.linalg.norm(cand - o["centre"]) < 1.05 * (max(o["axes"]) + max(axes)) for o in nuclei):
-                    continue
-            centre = cand
-            break
-        if centre is None:
-            continue
-        nuclei.append({"centre": centre, "axes": axes, "angle": angle, "harm": harmonics})
-
-    # --- rasterise: per pixel the nucleus with the smallest normalised radius (< 1) ----------------------------------
-    inst = np.zeros(shape, dtype=np.int32)
-    best = np.full(shape, np.inf, dtype=np.float32)
-    for k, nuc in enumerate(nuclei, start=1):
-        reach_um = max(nuc["axes"]) * 1.25
-        lo = np.maximum(np.floor((nuc["centre"] - reach_um) / sp_um).astype(int), 0)
-        hi = np.minimum(np.ceil((nuc["centre"] + reach_um) / sp_um).astype(int) + 1, shape)
-        if np.any(hi <= lo):
-            continue
-        grids = np.meshgrid(*[(np.arange(lo[d], hi[d]) + 0.5) * sp_um[d] - nuc["centre"][d] for d in range(ndim)],
-                            indexing="ij")
-        c, s = math.cos(nuc["angle"]), math.sin(nuc["angle"])
-        u = c * grids[0] + s * grids[1]
-        v = -s * grids[0] + c * grids[1]
-        q2 = (u / nuc["axes"][0]) ** 2 + (v / nuc["axes"][1]) ** 2
-        if ndim == 3:
-            q2 = q2 + (grids[2] / nuc["axes"][2]) ** 2
-        phi = np.arctan2(v, u)
-        wobble = 1.0 + sum(a * np.cos(m * phi + p) for m, a, p in nuc["harm"])
-        q = (np.sqrt(q2) / wobble).astype(np.float32)
-        window = tuple(slice(lo[d], hi[d]) for d in range(ndim))
-        sub_best = best[window]
-        take = (q < 1.0) & (q < sub_best)
-        inst[window][take] = k
-        sub_best[take] = q[take]
-
-    # keep the largest connected piece of each nucleus, drop tiny fragments, renumber 1..N in placement order
-    clean = np.zeros(shape, dtype=np.uint16)
-    objects = ndimage.find_objects(inst)
-    next_id = 1
-    for k, sl in enumerate(objects, start=1):
-        if sl is None:
-            continue
-        mask = inst[sl] == k
-        comps, n = ndimage.label(mask)
-        if n > 1:
-            sizes = np.bincount(comps.ravel())[1:]
-            mask = comps == (int(np.argmax(sizes)) + 1)
-        if int(mask.sum()) < _MIN_SIZE[ndim]:
-            continue
-        clean[sl][mask] = next_id
-        next_id += 1
-    instances = clean
-    fg = instances > 0
-    interface = _neighbour_differs(instances)
-
-    label = fg.astype(np.uint8)
-    if boundary_class:
-        label[interface] = 2
-
-    # --- intensities --------------------------------------------------------------------------------------------------
-    tex_sigma = [max(0.8 / s, 0.5) for s in sp_um]
-    texture = _smooth_noise(rng, shape, tex_sigma)
-    brightness = np.concatenate([[0.0], rng.uniform(0.55, 1.0, size=int(instances.max()))]).astype(np.float32)
-    background = rng.uniform(0.05, 0.12)
-    img = np.where(fg, brightness[instances] * (1.0 + 0.12 * texture), background).astype(np.float32)
-    img[interface] *= rng.uniform(0.7, 0.85)
-    # unlabelled debris specks (small, dim)
-    for _ in range(int(rng.integers(0, 4))):
-        centre = rng.uniform(0, 1, size=ndim) * np.asarray(shape)
-        rad_um = rng.uniform(0.7, 1.3)
-        grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-        d2 = sum(((g + 0.5 - centre[d]) * sp_um[d]) ** 2 for d, g in enumerate(grids))
-        speck = (d2 < rad_um**2) & ~fg
-        img[speck] = rng.uniform(0.2, 0.35)
-    illum = 1.0 + 0.12 * _smooth_noise(rng, shape, [max(20.0 / s, 1.0) for s in sp_um])
-    img *= illum.astype(np.float32)
-
-    # --- acquisition --------------------------------------------------------------------------------------------------
-    psf_um = np.array([0.6, 0.6, 1.2][:ndim])
-    img = ndimage.gaussian_filter(img, sigma=list(psf_um / sp_um), mode="nearest")
-    peak = rng.uniform(60.0, 200.0)
-    counts = rng.poisson(np.clip(img, 0, None) * peak).astype(np.float32)
-    read = rng.uniform(1.5, 3.0)
-    counts += CAMERA_OFFSET + rng.standard_normal(shape).astype(np.float32) * read
-    image = counts.astype(np.float32)
-
-    affine = np.eye(4)
-    for d in range(ndim):
-        affine[d, d] = spacing[d]
-    return image, label, instances, affine
+    case = generate_cells_case(seed, shape, spacing, boundary_class)
+    return case.image, case.label, case.instances, case.affine
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -294,7 +307,8 @@ def write_cells_case(root: Path, entry: dict, source: dict, spatial_dims: int | 
 
     ``spatial_dims`` (2 or 3) defaults to ``source['spatial_dims']``, else 2. The seed comes from
     ``source['seed']`` and the case id (:func:`case_seed`); optional ``source['shape']``, ``source['spacing']``
-    (mm) and ``source['boundary_class']`` (bool) override the defaults.
+    (mm) and ``source['boundary_class']`` (bool) override the defaults; an optional ``source['recipe']`` must be
+    :data:`RECIPE` (a manifest written for another recipe is refused instead of getting different data).
 
     Raises:
         DataError: the entry or source is malformed.
@@ -312,6 +326,10 @@ def write_cells_case(root: Path, entry: dict, source: dict, spatial_dims: int | 
     boundary = source.get("boundary_class", False)
     if not isinstance(boundary, bool):
         raise DataError(f"{what} source: 'boundary_class' must be true or false, got {boundary!r}")
+    recipe = source.get("recipe", RECIPE)
+    if isinstance(recipe, bool) or not isinstance(recipe, int) or recipe != RECIPE:
+        raise DataError(f"{what} source: 'recipe' {recipe!r} cannot be generated: this generator makes recipe "
+                        f"{RECIPE} (files made by an older recipe live under other paths; regenerate them)")
     keys = ["instances"] if isinstance(entry.get("instances"), str) and entry["instances"] else []
     keys += ["label", "image"]
     targets = {}  # every target is checked before anything is written
