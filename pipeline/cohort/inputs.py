@@ -46,16 +46,14 @@ def _folder_inputs(folder: Path) -> list[Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.is_file() and scan_suffix(p):
-            found.append(p)
-        elif p.is_dir() and is_dicom_series(p):
+        if p.is_file() and scan_suffix(p) or p.is_dir() and is_dicom_series(p):
             found.append(p)
     return found
 
 
 def collect_inputs(specs: Sequence[str]) -> list[Path]:
-    """Scans named by files, folders (their scans and DICOM series folders), glob patterns or manifests (their test
-    cases, else every case).
+    """Scans named by files, folders (their scans, TIFF and PNG images included, and DICOM series folders), glob
+    patterns or manifests (their test cases, else every case).
 
     Raises:
         PipelineError: a name that matches nothing, or a file in an unsupported format.
@@ -70,8 +68,8 @@ def collect_inputs(specs: Sequence[str]) -> list[Path]:
             if p.is_dir():
                 found = _folder_inputs(p)
                 if not found:
-                    raise PipelineError(f"--input {p}: no scans in this folder (.nii, .nii.gz, .mha, .mhd, .nrrd or "
-                                        "DICOM series folders)")
+                    raise PipelineError(f"--input {p}: no scans in this folder (.nii, .nii.gz, .mha, .mhd, .nrrd, "
+                                        ".tif, .tiff, .ome.tif, .png or DICOM series folders)")
                 out += found
             elif p.suffix.lower() == ".json":
                 out += _manifest_images(p)
@@ -80,8 +78,8 @@ def collect_inputs(specs: Sequence[str]) -> list[Path]:
             elif scan_suffix(p):
                 out.append(p)
             elif p.suffix.lower() != ".raw" and not pattern:
-                raise PipelineError(f"--input {p}: not a supported scan (.nii, .nii.gz, .mha, .mhd, .nrrd, a DICOM "
-                                    "series folder or a manifest .json)")
+                raise PipelineError(f"--input {p}: not a supported scan (.nii, .nii.gz, .mha, .mhd, .nrrd, .tif, "
+                                    ".tiff, .ome.tif, .png, a DICOM series folder or a manifest .json)")
     seen: dict[Path, None] = {}
     for p in out:
         seen.setdefault(p.resolve(), None)

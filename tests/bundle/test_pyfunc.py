@@ -196,7 +196,7 @@ def test_rows_that_are_not_scans_are_refused(store, model, tmp_path):
         ({"output": str(tmp_path / "x.nii.gz")}, "give either `path`"),
         ({"path": str(store["scans"][0]), "image": image, "affine": np.eye(4)}, "not both"),
         ({"path": str(tmp_path / "missing.nii.gz")}, "no such file"),
-        ({"path": str(store["scans"][0]), "output": str(tmp_path / "labels.png")}, "neither an existing folder"),
+        ({"path": str(store["scans"][0]), "output": str(tmp_path / "labels.jpg")}, "neither an existing folder"),
         ({"image": np.zeros((2, 8, 8, 4)), "affine": np.eye(4)}, "has 2 channel(s) but the model takes 1"),
         ({"image": image, "affine": np.zeros((4, 4))}, "finite and invertible"),
         ({"image": image}, "needs `affine`"),

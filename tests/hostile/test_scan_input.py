@@ -485,3 +485,70 @@ def test_extended_precision_voxels(model: Path, tmp_path: Path, capsys: pytest.C
     path = nifti_file(tmp_path / "in" / "wide.nii.gz", volume(dtype=np.float64), datatype=1536, bitpix=128,
                       payload=b"\0" * (16 * int(np.prod(SHAPE))))
     infer_refused(model, path, tmp_path, capsys, ["datatype 1536 (float128)", "float32 or float64"])
+
+
+# ------------------------------------------------------------------------------------------------ microscopy formats
+
+
+def tiff_file(path: Path, data: np.ndarray, **options: object) -> Path:
+    """A TIFF written by tifffile (``options`` passed on), one page per z."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(str(path), data, photometric=options.pop("photometric", "minisblack"), **options)
+    return path
+
+
+@pytest.mark.parametrize("form", ["uncompressed", "deflate-stack"])
+def test_truncated_tiff(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str) -> None:
+    """A TIFF cut short (an interrupted copy): a single uncompressed 16-bit page, or the last deflate strip of a
+    z-stack → refused before decoding, naming what the header declares and the bytes there."""
+    if form == "uncompressed":
+        full = tiff_file(tmp_path / "full.tif", volume((40, 50), np.uint16), metadata=None)
+        names = ["truncated", "50x40 uint16 pixels", "4208 bytes", "holds only 3208"]
+        cut = 1000
+    else:
+        full = tiff_file(tmp_path / "full.tif", volume((3, 40, 50), np.uint16), metadata=None, compression="zlib")
+        names = ["truncated", "50x40x3 uint16 pixels in strips ending at byte"]
+        cut = 20
+    path = tmp_path / "in" / "cut.tif"
+    path.parent.mkdir()
+    path.write_bytes(full.read_bytes()[:-cut])
+    infer_refused(model, path, tmp_path, capsys, names)
+
+
+def test_tiff_header_declares_more_pixels_than_the_budget(model: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A 2 kB TIFF whose ImageWidth and ImageLength say 60000 x 60000 → refused from the header (tifffile gives the
+    shape without decoding), naming the size, the count and the budget; nothing is allocated."""
+    import struct
+
+    import tifffile
+
+    path = tiff_file(tmp_path / "in" / "huge.tif", volume((40, 50), np.uint8), metadata=None)
+    raw = bytearray(path.read_bytes())
+    with tifffile.TiffFile(str(path)) as tif:
+        fields = [tif.pages[0].tags[name] for name in ("ImageWidth", "ImageLength")]
+    for tag in fields:
+        fmt = "<H" if int(tag.dtype) == 3 else "<I"
+        raw[tag.valueoffset: tag.valueoffset + struct.calcsize(fmt)] = struct.pack(fmt, 60000)
+    path.write_bytes(bytes(raw))
+    infer_refused(model, path, tmp_path, capsys, ["60000x60000", "3600000000 voxels", "budget", "--max-voxels"])
+
+
+@pytest.mark.parametrize("fmt", [".png", ".tif"])
+def test_colour_png_or_tiff(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str) -> None:
+    """A colour photograph (RGB PNG or TIFF whose channels differ) → refused naming the file and to convert it to
+    grey (an RGB(A) image of grey, R = G = B as DSB 2018 ships them, is read as grey: tests/io)."""
+    from PIL import Image
+
+    grey = volume((40, 50), np.uint8)
+    rgb = np.stack([grey, grey // 2, 255 - grey], -1)
+    path = tmp_path / "in" / f"photo{fmt}"
+    if fmt == ".png":
+        path.parent.mkdir()
+        Image.fromarray(rgb).save(str(path))
+    else:
+        tiff_file(path, rgb, photometric="rgb")
+    infer_refused(model, path, tmp_path, capsys, ["colour image whose red, green and blue differ",
+                                                  "convert the image to grey"])

@@ -1,4 +1,5 @@
-"""The in-memory scan (:class:`Scan`) and the conversions between ITK's LPS geometry and a RAS+ affine."""
+"""The in-memory scan (:class:`Scan`), the conversions between ITK's LPS geometry and a RAS+ affine, and the error
+of a written file whose geometry differs from its scan's (:func:`drift_error`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import DataError
+
 
 @dataclass
 class Scan:
@@ -15,13 +18,15 @@ class Scan:
 
     Attributes:
         path: the file or DICOM folder it was read from.
-        kind: ``"nifti"``, ``"itk"`` (MetaImage, NRRD) or ``"dicom"``.
+        kind: ``"nifti"``, ``"itk"`` (MetaImage, NRRD), ``"dicom"``, ``"tiff"`` or ``"png"``.
         array: voxel data indexed like nibabel, spatial axes ``(x, y[, z])`` first, channels (or a 4th ITK axis)
             last.
         affine: 4x4 voxel-to-world matrix in RAS+ millimetres.
         header: what writing needs: for NIfTI the nibabel image as loaded (its header holds the qform, sform and
-            their codes); for ITK and DICOM a dict of the spatial geometry in ITK's LPS convention, ``origin``,
-            ``spacing``, ``direction`` (row-major, flat) and ``size`` (x, y[, z]) (DICOM adds ``series_id``).
+            their codes); for ITK, DICOM, TIFF and PNG a dict of the spatial geometry in ITK's LPS convention,
+            ``origin``, ``spacing``, ``direction`` (row-major, flat) and ``size`` (x, y[, z]) (DICOM adds
+            ``series_id``; TIFF and PNG add ``microscopy``, how the file states its pixel size, see
+            :mod:`~pipeline.io.scan.microscopy`).
     """
 
     path: Path
@@ -41,6 +46,17 @@ class Scan:
     def spatial_shape(self) -> tuple[int, ...]:
         """The voxel grid's shape, ``(x, y[, z])``."""
         return tuple(int(s) for s in self.array.shape[: self.spatial_dims])
+
+
+def drift_error(target: Path, scan: Scan, what: str, written: Any = None, expected: Any = None) -> DataError:
+    """The error of a written file (``target``) whose ``what`` differs from ``scan``'s: nothing was written."""
+    detail = "" if written is None else f" (written {_show(written)}, expected {_show(expected)})"
+    return DataError(f"geometry drift writing {target}: {what} differs from {scan.path}{detail}; nothing was "
+                     "written")
+
+
+def _show(value: Any) -> str:
+    return str(np.round(np.asarray(value, dtype=float), 6).tolist())
 
 
 def itk_affine(geometry: dict[str, Any]) -> np.ndarray:

@@ -10,11 +10,16 @@ from pathlib import Path
 
 from pipeline.errors import DataError
 
-SCAN_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+# Longer suffixes first: scan_suffix takes the first that a name ends with (".ome.tif" before ".tif").
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png")
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO"}
-SUPPORTED = "NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd) or a folder holding one DICOM series"
+OME_SUFFIXES = (".ome.tiff", ".ome.tif")
+TIFF_SUFFIXES = (*OME_SUFFIXES, ".tiff", ".tif")
+PNG_SUFFIXES = (".png",)
+SUPPORTED = ("NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), NRRD (.nrrd), TIFF (.tif, .tiff, .ome.tif, .ome.tiff), "
+             "PNG (.png) or a folder holding one DICOM series")
 
 # What atomic_path (".<stem>.XXXX.part<suffix>") and the .mhd writer (".<stem>.XXXX.part/") leave behind when killed.
 _TEMPORARY = re.compile(r"^\..+\.part(\..+)?$")
@@ -39,8 +44,9 @@ def scan_suffix(path: str | os.PathLike[str]) -> str | None:
 def output_name(path: str | os.PathLike[str], suffix: str = "") -> str:
     """The file name of an output for the scan at ``path``, in the scan's own format.
 
-    ``"case.nii.gz"`` gives ``"case{suffix}.nii.gz"``, ``"a.mha"`` gives ``"a{suffix}.mha"``; a DICOM series folder
-    ``"ser1"`` gives ``"ser1{suffix}.nii.gz"`` (outputs of DICOM series are NIfTI).
+    ``"case.nii.gz"`` gives ``"case{suffix}.nii.gz"``, ``"a.mha"`` gives ``"a{suffix}.mha"``, ``"cells.ome.tif"``
+    gives ``"cells{suffix}.ome.tif"``, ``"n.PNG"`` gives ``"n{suffix}.PNG"``; a DICOM series folder ``"ser1"`` gives
+    ``"ser1{suffix}.nii.gz"`` (outputs of DICOM series are NIfTI).
 
     Raises:
         DataError: ``path`` is neither a supported scan file name nor a folder.

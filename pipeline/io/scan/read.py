@@ -1,10 +1,12 @@
-"""Reading a scan: NIfTI with nibabel; MetaImage, NRRD and DICOM series folders with SimpleITK.
+"""Reading a scan: NIfTI with nibabel; MetaImage, NRRD and DICOM series folders with SimpleITK; TIFF with
+tifffile and PNG with Pillow.
 
 Each format's header is checked before any voxel is read (:mod:`~pipeline.io.scan.limits`): the data files it
 names stay in its folder, the voxel count is within the budget, the file is long enough, the voxel type is a real
 scalar and the geometry is finite, invertible and has positive voxel sizes. The checks and readers of each format
-live in :mod:`~pipeline.io.scan.nifti_header` (NIfTI), :mod:`~pipeline.io.scan.itk` (MetaImage, NRRD) and
-:mod:`~pipeline.io.scan.dicom` (DICOM series); this module is where a scan is read, whatever its format.
+live in :mod:`~pipeline.io.scan.nifti_header` (NIfTI), :mod:`~pipeline.io.scan.itk` (MetaImage, NRRD),
+:mod:`~pipeline.io.scan.dicom` (DICOM series), :mod:`~pipeline.io.scan.tiff` and :mod:`~pipeline.io.scan.png`
+(microscopy); this module is where a scan is read, whatever its format.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pipeline.io.scan.geometry import Scan
 from pipeline.io.scan.headers import metaimage_layout
 from pipeline.io.scan.itk import data_layout, read_itk
 from pipeline.io.scan.limits import DEFAULT_MAX_VOXELS, cannot_read, confined
-from pipeline.io.scan.names import NIFTI_SUFFIXES, SUPPORTED, scan_suffix
+from pipeline.io.scan.names import NIFTI_SUFFIXES, PNG_SUFFIXES, SUPPORTED, TIFF_SUFFIXES, scan_suffix
 from pipeline.io.scan.nifti_header import check_nifti
+from pipeline.io.scan.png import read_png
+from pipeline.io.scan.tiff import read_tiff
 
 
 def read_scan(path: str | os.PathLike[str], max_voxels: int = DEFAULT_MAX_VOXELS) -> Scan:
@@ -31,7 +35,8 @@ def read_scan(path: str | os.PathLike[str], max_voxels: int = DEFAULT_MAX_VOXELS
     NaN voxels are not checked here.
 
     Args:
-        path: a ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd`` file or a folder holding one DICOM series.
+        path: a ``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd``, ``.tif``, ``.tiff``, ``.ome.tif``,
+            ``.ome.tiff`` or ``.png`` file, or a folder holding one DICOM series.
         max_voxels: the largest voxel count (times channels) read; a header declaring more is refused.
 
     Returns:
@@ -41,7 +46,9 @@ def read_scan(path: str | os.PathLike[str], max_voxels: int = DEFAULT_MAX_VOXELS
         DataError: the file is missing, not a supported format, truncated or corrupt; its header names data files
             outside its folder, declares more than ``max_voxels`` voxels, a complex, bit or colour voxel type, or a
             geometry with zero, negative or non-finite voxel sizes or a singular or non-finite matrix; the folder
-            holds no DICOM series, several series, links to files outside it, or slices off a regular grid.
+            holds no DICOM series, several series, links to files outside it, or slices off a regular grid; a
+            TIFF or PNG is a colour image whose colours differ, or has axes, a compression or a pixel size it
+            cannot be read with (:mod:`~pipeline.io.scan.microscopy`).
     """
     path = Path(path)
     if path.is_dir():
@@ -54,6 +61,10 @@ def read_scan(path: str | os.PathLike[str], max_voxels: int = DEFAULT_MAX_VOXELS
         raise DataError(f"{path}: file not found")
     if fmt in NIFTI_SUFFIXES:
         return _read_nifti(path, max_voxels)
+    if fmt in TIFF_SUFFIXES:
+        return read_tiff(path, max_voxels)
+    if fmt in PNG_SUFFIXES:
+        return read_png(path, max_voxels)
     return read_itk(path, fmt, max_voxels)
 
 

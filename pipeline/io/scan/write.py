@@ -1,5 +1,6 @@
 """Writing label maps and class probabilities on exactly a scan's grid, atomically, each written file's header
-read back and compared with the scan before the file gets its final name."""
+read back and compared with the scan before the file gets its final name (TIFF and PNG label maps:
+:mod:`~pipeline.io.scan.tiff`, :mod:`~pipeline.io.scan.png`; probabilities are NIfTI whatever the scan's format)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -22,9 +22,11 @@ from pipeline.io.atomic import (
     ran_out_of_space,
     write_faults,
 )
-from pipeline.io.scan.geometry import Scan, itk_affine, itk_geometry
-from pipeline.io.scan.names import ITK_IO, NIFTI_SUFFIXES, target_format
+from pipeline.io.scan.geometry import Scan, drift_error, itk_affine, itk_geometry
+from pipeline.io.scan.names import ITK_IO, NIFTI_SUFFIXES, PNG_SUFFIXES, TIFF_SUFFIXES, target_format
+from pipeline.io.scan.png import write_png
 from pipeline.io.scan.read import nifti_reference
+from pipeline.io.scan.tiff import write_tiff
 
 PROBABILITY_SCALE = 65535  # probabilities are stored as uint16 * 1/65535 (NIfTI-1 has no float16)
 
@@ -53,32 +55,42 @@ def quantise_probabilities(probs: np.ndarray) -> np.ndarray:
 def write_labels(scan: Scan, labels: np.ndarray, target: str | os.PathLike[str]) -> Path:
     """Write a label map on the scan's grid, atomically, in the format ``target``'s suffix names.
 
-    NIfTI from a NIfTI scan keeps its header's qform, sform and their codes; NIfTI from an ITK or DICOM scan gets
-    the scan's RAS affine as sform and qform, code 1. MetaImage and NRRD get the scan's origin, spacing and
-    direction (``.mha`` and ``.nrrd`` compressed; ``.mhd`` writes its ``.raw`` next to it). Writing the same labels
-    twice gives identical bytes.
+    NIfTI from a NIfTI scan keeps its header's qform, sform and their codes; NIfTI from an ITK, DICOM, TIFF or PNG
+    scan gets the scan's RAS affine as sform and qform, code 1. MetaImage and NRRD get the scan's origin, spacing
+    and direction (``.mha`` and ``.nrrd`` compressed; ``.mhd`` writes its ``.raw`` next to it). TIFF and PNG get
+    the scan's pixel size, stated as the input stated it (OME ``PhysicalSize``, ImageJ or TIFF resolution, PNG
+    ``pHYs``; :mod:`~pipeline.io.scan.microscopy`). Writing the same labels twice gives identical bytes.
+
+    The stored type is the smallest that holds the largest id (:func:`label_array`): uint8 up to 255, else uint16,
+    else uint32 (instance maps, one id per object, often exceed 255); PNG stops at uint16, an ImageJ TIFF stores
+    ids above 65535 as float32.
 
     Args:
         scan: the scan the labels belong to.
-        labels: ``scan.spatial_shape``, uint8 (bool or other integers in 0..255 are converted).
+        labels: ``scan.spatial_shape``, bool or non-negative integers (up to 2**32 - 1).
         target: output file, ending in one of :data:`SCAN_SUFFIXES`.
 
     Returns:
         ``target`` as a path.
 
     Raises:
-        DataError: the labels' shape is not the scan's spatial shape, or the written file's header does not match
-            the scan's geometry (then nothing is left at ``target``).
-        ValueError: ``target`` has no supported suffix, or ``labels`` do not fit uint8.
+        DataError: the labels' shape is not the scan's spatial shape, the format cannot hold them (a PNG with more
+            than 65535 ids or a 3D map) or the written file's header does not match the scan's geometry (then
+            nothing is left at ``target``).
+        ValueError: ``target`` has no supported suffix, or ``labels`` are not non-negative integers that fit uint32.
     """
     target = Path(target)
     fmt = target_format(target)
-    labels = _as_uint8(np.asarray(labels))
+    labels, largest = label_array(np.asarray(labels))
     if labels.shape != scan.spatial_shape:
         raise DataError(f"labels for {scan.path} have shape {labels.shape}, expected the scan's spatial shape "
                         f"{scan.spatial_shape}")
     if fmt in NIFTI_SUFFIXES:
         _write_nifti(scan, labels, target, fmt, slope=1.0)
+    elif fmt in TIFF_SUFFIXES:
+        write_tiff(scan, labels, largest, target, fmt)
+    elif fmt in PNG_SUFFIXES:
+        write_png(scan, labels, largest, target, fmt)
     elif fmt == ".mhd":
         _write_mhd(scan, labels, target)
     else:
@@ -135,23 +147,23 @@ def write_probabilities_like(reference: str | os.PathLike[str], probs: np.ndarra
     return write_probabilities(nifti_reference(reference), np.moveaxis(probs, 0, -1), target)
 
 
-def _as_uint8(labels: np.ndarray) -> np.ndarray:
-    if labels.dtype == np.uint8:
-        return labels
-    if labels.dtype == bool or (np.issubdtype(labels.dtype, np.integer)
-                                and (labels.size == 0 or (labels.min() >= 0 and labels.max() <= 255))):
-        return labels.astype(np.uint8)
-    raise ValueError(f"labels must be uint8 (or integers in 0..255), got {labels.dtype}")
+def label_array(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """A label map in the smallest unsigned type that holds its largest id (uint8, uint16, uint32), and that id.
 
-
-def _drift(target: Path, scan: Scan, what: str, written: Any = None, expected: Any = None) -> DataError:
-    detail = "" if written is None else f" (written {_show(written)}, expected {_show(expected)})"
-    return DataError(f"geometry drift writing {target}: {what} differs from {scan.path}{detail}; nothing was "
-                     "written")
-
-
-def _show(value: Any) -> str:
-    return str(np.round(np.asarray(value, dtype=float), 6).tolist())
+    Raises:
+        ValueError: not bool or integers, a negative id, or one above 2**32 - 1.
+    """
+    if labels.dtype == bool:
+        return labels.astype(np.uint8), int(labels.any())
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers (uint8, uint16 or uint32 ids), got {labels.dtype}")
+    if labels.size == 0:
+        return labels.astype(np.uint8), 0
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high > np.iinfo(np.uint32).max:
+        raise ValueError(f"labels must be ids from 0 to {np.iinfo(np.uint32).max}, got {low}..{high}")
+    dtype = np.uint8 if high <= 255 else np.uint16 if high <= 65535 else np.uint32
+    return (labels if labels.dtype == dtype else labels.astype(dtype)), high
 
 
 def _write_nifti(scan: Scan, data: np.ndarray, target: Path, fmt: str, slope: float) -> None:
@@ -179,22 +191,22 @@ def _verify_nifti(scan: Scan, written_path: Path, target: Path, shape: tuple[int
     written = nib.load(str(written_path))
     hdr = written.header
     if tuple(written.shape) != tuple(shape):
-        raise _drift(target, scan, "shape", written.shape, shape)
+        raise drift_error(target, scan, "shape", written.shape, shape)
     if not np.allclose(written.affine, scan.affine, rtol=_AFFINE_RTOL, atol=_AFFINE_ATOL):
-        raise _drift(target, scan, "affine", written.affine, scan.affine)
+        raise drift_error(target, scan, "affine", written.affine, scan.affine)
     if scan.kind == "nifti":
         ref = scan.header.header
         for form in ("qform", "sform"):
             code, want = int(hdr[f"{form}_code"]), int(ref[f"{form}_code"])
             if code != want:
-                raise _drift(target, scan, f"{form} code", code, want)
+                raise drift_error(target, scan, f"{form} code", code, want)
             if not np.allclose(getattr(hdr, f"get_{form}")(), getattr(ref, f"get_{form}")(),
                                rtol=_AFFINE_RTOL, atol=_AFFINE_ATOL):
-                raise _drift(target, scan, form, getattr(hdr, f"get_{form}")(), getattr(ref, f"get_{form}")())
+                raise drift_error(target, scan, form, getattr(hdr, f"get_{form}")(), getattr(ref, f"get_{form}")())
     else:
         codes = (int(hdr["qform_code"]), int(hdr["sform_code"]))
         if codes != (1, 1):
-            raise _drift(target, scan, "qform/sform codes", codes, (1, 1))
+            raise drift_error(target, scan, "qform/sform codes", codes, (1, 1))
 
 
 def _write_itk(scan: Scan, labels: np.ndarray, path: Path, fmt: str) -> None:
@@ -239,11 +251,11 @@ def _verify_itk(scan: Scan, written_path: Path, target: Path) -> None:
     written = {"origin": reader.GetOrigin(), "spacing": reader.GetSpacing(), "direction": reader.GetDirection(),
                "size": reader.GetSize()}
     if tuple(written["size"]) != tuple(expected["size"]):
-        raise _drift(target, scan, "size", written["size"], expected["size"])
+        raise drift_error(target, scan, "size", written["size"], expected["size"])
     for key in ("origin", "spacing", "direction"):
         if not np.allclose(written[key], expected[key], rtol=0, atol=_ITK_ATOL):
-            raise _drift(target, scan, key, written[key], expected[key])
+            raise drift_error(target, scan, key, written[key], expected[key])
     # The ITK geometry must also be the scan's world geometry (catches a header that disagrees with the affine, or
     # an oblique 2D NIfTI slice that 2D ITK geometry cannot hold).
     if not np.allclose(itk_affine(written), scan.affine, rtol=_AFFINE_RTOL, atol=_AFFINE_ATOL):
-        raise _drift(target, scan, "voxel-to-world geometry", itk_affine(written), scan.affine)
+        raise drift_error(target, scan, "voxel-to-world geometry", itk_affine(written), scan.affine)
