@@ -26,6 +26,7 @@ from torch import nn
 from pipeline.bundle.mlflow_store import free_model_name, log_bundle_to_mlflow, resolve_model
 from pipeline.config.schema import InferConfig, PostprocessConfig, PreprocessConfig
 from pipeline.errors import PipelineError
+from pipeline.instances.heads import Head
 from pipeline.io.atomic import (
     check_folder,
     disk_full,
@@ -104,9 +105,12 @@ def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwri
     post = run.get(PostprocessRecord)
     if postprocess.get("crf") and post is not None and post.crf:  # keep the CRF settings tuning chose
         postprocess["crf"] = {**post.crf, "tune": None}
+    from pipeline.inference.stage import inference_head
+
+    head = inference_head(ckpt, wf, prepare.num_classes)
     return write_bundle(
         out_dir, name=name or wf.name, model=ckpt["model"], state_dict=ckpt["model_state"], labels=ckpt["labels"],
-        channels=ckpt["channels"], spatial_dims=prepare.spatial_dims,
+        channels=ckpt["channels"], spatial_dims=prepare.spatial_dims, head=head.to_json(),
         preprocess=wf.preprocess, infer=wf.infer, postprocess=PostprocessConfig.model_validate(postprocess),
         source={"run_dir": str(run_dir), "workflow": wf.name, "epoch": ckpt.get("epoch"),
                 "best_val_dice": train.best_val_dice, "best_epoch": train.best_epoch,
@@ -118,7 +122,8 @@ def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwri
 def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict: dict[str, torch.Tensor],
                  labels: dict[Any, str], channels: list[str], spatial_dims: int, preprocess: PreprocessConfig,
                  infer: InferConfig, postprocess: PostprocessConfig, source: dict[str, Any],
-                 extra_files: dict[str, Path] | None = None, overwrite: bool = False) -> Path:
+                 extra_files: dict[str, Path] | None = None, overwrite: bool = False,
+                 head: dict[str, Any] | None = None) -> Path:
     """Write a bundle folder atomically (a temporary folder renamed into place).
 
     Args:
@@ -126,6 +131,8 @@ def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict:
         state_dict: the weights (tensors only).
         source: where the model came from (``workflow`` names the MLflow experiment it is logged to).
         extra_files: copied into the bundle under their keys (e.g. the run's ``workflow.yaml``).
+        head: what the output channels mean and how instances are decoded
+            (:meth:`pipeline.instances.heads.Head.to_json`); None: the classes only.
     """
     out_dir = _bundle_folder(out_dir)
     _check_replaceable(out_dir, overwrite)
@@ -141,6 +148,7 @@ def write_bundle(out_dir: Path, *, name: str, model: dict[str, Any], state_dict:
         "preprocess": preprocess.model_dump(mode="json"),
         "infer": infer.model_dump(mode="json"),
         "postprocess": postprocess.model_dump(mode="json"),
+        **({"head": head} if head else {}),
         "versions": package_versions(),
         "source": source,
         "weights": {"file": WEIGHTS},
@@ -230,7 +238,14 @@ class Bundle:
 
     @property
     def num_classes(self) -> int:
-        return int(self.meta["model"]["out_channels"])
+        """The classes of the label maps (background included); an instance head may output more channels."""
+        return max(self.labels) + 1 if self.meta.get("labels") else int(self.meta["model"]["out_channels"])
+
+    @property
+    def head(self) -> Head:
+        """What the network's output channels mean and how instances are decoded (a bundle from before instances:
+        the classes only)."""
+        return Head.from_json(self.meta.get("head"), self.num_classes)
 
 
 def load_bundle(path: Path) -> Bundle:

@@ -24,7 +24,8 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.inference.predictor import NetworkOutput, Predictor
 from pipeline.io.atomic import WriteFault, write_json
 from pipeline.io.finite import count_non_finite, fill_non_finite
-from pipeline.io.scan import Scan, read_scan, write_labels, write_probabilities
+from pipeline.instances.measure import measure_instances, write_instances_csv
+from pipeline.io.scan import Scan, output_name, read_scan, scan_suffix, write_labels, write_probabilities
 from pipeline.postprocess.postprocessor import Postprocessor
 from pipeline.runtime.device import select_device
 
@@ -53,7 +54,9 @@ class CaseRunner:
         options = options.resolve(bundle)  # nan_policy: the bundle's unless given
         self.bundle, self.options = bundle, options
         self.device = device or select_device(options.device)
-        self.predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, self.device, bundle.spatial_dims)
+        self.head = bundle.head
+        self.predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, self.device, bundle.spatial_dims,
+                                   self.head)
         # --crf: the bundle's CRF settings (the default ones when it has none); without it no CRF.
         crf = (bundle.postprocess.crf or CRFConfig()) if options.crf else None
         self.postprocessor = Postprocessor(bundle.postprocess.model_copy(update={"crf": crf}), bundle.num_classes)
@@ -73,9 +76,18 @@ class CaseRunner:
             record = json.loads(state.read_text())
         except (OSError, ValueError):
             return None
-        outputs = [job.output] + ([job.probs_output] if job.probs_output else [])
+        outputs = [job.output] + ([job.probs_output] if job.probs_output else []) + list(self.instance_outputs(job))
         done = isinstance(record, dict) and record.get("key") == key and all(p.is_file() for p in outputs)
         return record if done else None
+
+    def instance_outputs(self, job: Job) -> tuple[Path, ...]:
+        """The instance map (``<name>_instances`` in the scan's format) and its per-object measurements
+        (``<name>_instances.csv``) of a bundle that makes instances; none otherwise."""
+        if self.head.method is None:
+            return ()
+        name = output_name(job.input, f"{self.options.suffix}_instances")
+        ext = scan_suffix(name) or ""
+        return job.output.parent / name, job.output.parent / f"{name[: len(name) - len(ext)]}.csv"
 
     def load(self, job: Job) -> Loaded | Row:
         """Key, skip check, read, check and preprocess (any thread)."""
@@ -144,7 +156,7 @@ class CaseRunner:
         """Map back, postprocess, write (probabilities, labels, then the done record) and verify geometry."""
         t0 = time.perf_counter()
         job, scan = loaded.job, loaded.scan
-        labels, probs = self.predictor.restore(out, self.needs_probs)
+        labels, probs, instances = self.predictor.restore_all(out, self.needs_probs)
         post = self.postprocessor
         if post.needs_probabilities:  # the CRF refines the probabilities with the image the model saw
             assert probs is not None
@@ -157,6 +169,14 @@ class CaseRunner:
             assert probs is not None
             probs = np.moveaxis(probs, 0, -1)
             write_probabilities(scan, probs.reshape(*scan.spatial_shape, probs.shape[-1]), job.probs_output)
+        if instances is not None:  # objects and their measurements before the labels: labels mark a case written
+            inst_path, csv_path = self.instance_outputs(job)
+            instances = instances.reshape(scan.spatial_shape)
+            write_labels(scan, instances, inst_path)
+            image, dims = self.model_input(scan), self.bundle.spatial_dims  # a one-slice scan: its 2D slice
+            spacing = [float(v) for v in np.linalg.norm(scan.affine[:3, :dims], axis=0)]
+            rows = measure_instances(instances.reshape(image.shape[:dims]), image, spacing)
+            write_instances_csv(rows, csv_path, ndim=dims)
         write_labels(scan, labels.astype(np.uint8).reshape(scan.spatial_shape), job.output)
         write_json(self._state(job), {"key": loaded.key, "input": str(job.input), "output": str(job.output),
                                       "filled_voxels": loaded.filled,

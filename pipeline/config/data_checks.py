@@ -88,6 +88,11 @@ def _check_against_data(workflow: Workflow, keys: ManifestKeys) -> list[str]:
         if bad:
             problems.append(f"{key}: axis {bad[0]} does not exist in {dims}D data (the spatial axes are {axes}), "
                             f"got {values}")
+    inst = workflow.instances
+    if inst is not None and inst.method == "three_class" and len(keys.labels) != 2:
+        problems.append(f"instances.method: three_class splits one object class into interior and touching "
+                        f"boundary, but the manifest {keys.path} has {len(keys.labels)} labels; use distance, "
+                        f"watershed or components, got three_class")
     classes = workflow.postprocess.keep_largest_component
     if isinstance(classes, list):
         unknown = [c for c in classes if c not in keys.labels or c == 0]

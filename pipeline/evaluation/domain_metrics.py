@@ -30,38 +30,47 @@ CASE_LEVEL = ("instance_f1", "mean_matched_iou", "boundary_mae_px", "boundary_ma
 
 class DomainMetric(Protocol):
     def __call__(self, case: Any, truth: np.ndarray, pred: np.ndarray, spacing: list[float],
-                 settings: EvaluateConfig) -> list[dict[str, Any]]: ...
+                 settings: EvaluateConfig, instances: np.ndarray | None = None) -> list[dict[str, Any]]: ...
 
 
 DOMAIN_METRICS: Registry[DomainMetric] = Registry("domain")
 
 
 def domain_rows(domain: str, case: Any, truth: np.ndarray, pred: np.ndarray, spacing: list[float],
-                settings: EvaluateConfig) -> list[dict[str, Any]]:
-    """The rows of the metrics registered for ``domain`` (none when nothing is registered for it)."""
+                settings: EvaluateConfig, instances: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """The rows of the metrics registered for ``domain`` (none when nothing is registered for it); ``instances``
+    is the predicted instance map when the workflow makes one (``instances`` section)."""
     if domain not in DOMAIN_METRICS:
         return []
-    return DOMAIN_METRICS.get(domain)(case, truth, pred, spacing, settings)
+    metric = DOMAIN_METRICS.get(domain)
+    if instances is None:  # metrics written before instance maps existed take five arguments
+        return metric(case, truth, pred, spacing, settings)
+    return metric(case, truth, pred, spacing, settings, instances=instances)
 
 
 @DOMAIN_METRICS.register("cell_microscopy")
 def cell_instances(case: Any, truth: np.ndarray, pred: np.ndarray, spacing: list[float],
-                   settings: EvaluateConfig) -> list[dict[str, Any]]:
-    """Object F1 at IoU 0.5 and mean matched IoU. Predicted objects are the connected components of the semantic
-    prediction, or a distance-transform watershed of it (``evaluate.instances``); reference objects come from the
+                   settings: EvaluateConfig, instances: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Object F1 at IoU 0.5 (with precision and recall) and mean matched IoU. Predicted objects are the
+    workflow's instance map when it makes one (``instances``), else the connected components of the semantic
+    prediction or a distance-transform watershed of it (``evaluate.instances``); reference objects come from the
     case's ``instances`` file when the manifest has one, else from the reference's connected components."""
     ref = (np.asarray(nib.load(case.extras["instances"]).dataobj) if "instances" in case.extras
            else instances_from_semantic(truth, range(1, int(truth.max()) + 1)))
-    split = instances_by_watershed if settings.instances == "watershed" else instances_from_semantic
-    pred_inst = split(pred, range(1, max(int(pred.max()), 1) + 1))
+    if instances is not None:
+        pred_inst = np.asarray(instances)
+    else:
+        split = instances_by_watershed if settings.instances == "watershed" else instances_from_semantic
+        pred_inst = split(pred, range(1, max(int(pred.max()), 1) + 1))
     m = instance_metrics(pred_inst, ref)
-    return [{"case": case.id, "instance_f1": m["f1"], "mean_matched_iou": m["mean_matched_iou"],
+    return [{"case": case.id, "instance_f1": m["f1"], "instance_precision": m["precision"],
+             "instance_recall": m["recall"], "mean_matched_iou": m["mean_matched_iou"],
              "n_pred": m["n_pred"], "n_true": m["n_true"]}]
 
 
 @DOMAIN_METRICS.register("oct_retina")
 def oct_boundaries(case: Any, truth: np.ndarray, pred: np.ndarray, spacing: list[float],
-                   settings: EvaluateConfig) -> list[dict[str, Any]]:
+                   settings: EvaluateConfig, instances: np.ndarray | None = None) -> list[dict[str, Any]]:
     """B-scans: mean absolute position error of each layer boundary, in pixels and µm (depth along the second
     axis, as the importers store it). Volumes get none."""
     if truth.ndim != 2:

@@ -18,6 +18,9 @@ from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.evaluation.domain_metrics import CASE_LEVEL, domain_rows
 from pipeline.evaluation.figures import case_overlay_png, overview_png
 from pipeline.evaluation.metrics import case_metrics, nanmean
+from pipeline.inference.stage import InferRecord
+from pipeline.instances.measure import measure_instances, write_instances_csv
+from pipeline.instances.measure import summary as object_summary
 from pipeline.io.atomic import write_json, write_text
 from pipeline.io.nifti import spacing_of
 from pipeline.postprocess.stage import PostprocessRecord
@@ -53,6 +56,8 @@ class EvaluateRecord(StageRecord):
         domain_csv: per case domain metrics (None when the domain has none).
         overview: the overview figure (None when ``evaluate.figures`` is 0).
         overlays: case id → its overlay figure (image, reference, prediction on a few slices).
+        objects: case id → per-object measurements of its predicted instances (``instances`` workflows):
+            area or volume in µm² / µm³, centroid, mean intensity, eccentricity (:mod:`pipeline.instances.measure`).
     """
 
     summary: dict[str, Any]
@@ -60,6 +65,7 @@ class EvaluateRecord(StageRecord):
     domain_csv: str | None = None
     overview: str | None = None
     overlays: dict[str, str] = {}
+    objects: dict[str, str] = {}
 
 
 @STAGES.register("evaluate")
@@ -67,7 +73,7 @@ class EvaluateStage(Stage):
     """Records the summary (also written to ``summary.json``) and the paths of the tables and figure."""
 
     name = "evaluate"
-    requires = ("prepare", "postprocess")
+    requires = ("prepare", "infer", "postprocess")
     record = EvaluateRecord
 
     def config(self, workflow: Workflow) -> Any:
@@ -76,6 +82,7 @@ class EvaluateStage(Stage):
     def run(self, ctx: StageContext) -> EvaluateRecord:
         wf = ctx.workflow
         prep, post = ctx.need(PrepareRecord), ctx.need(PostprocessRecord)
+        instance_maps = ctx.need(InferRecord).instances
         labels = {str(k): v for k, v in prep.labels.items()}
         num_classes = prep.num_classes
         # "" is the final prediction; with a CRF, "_no_crf" is the same pipeline without it (side by side).
@@ -86,6 +93,7 @@ class EvaluateStage(Stage):
         cases = prep.split("test")
         rows: list[dict[str, Any]] = []
         domain_table: list[dict[str, Any]] = []
+        objects: dict[str, str] = {}  # case id → its per-object measurements (instances.csv)
 
         for case in tqdm(cases, desc="evaluate", unit="case", disable=not wf.train.progress):
             truth_img = nib.load(case.label)
@@ -97,8 +105,15 @@ class EvaluateStage(Stage):
                 for c, values in case_metrics(pred, truth, num_classes, spacing_of(truth_img), metrics).items():
                     case_rows[c].update({f"{m}{suffix}": v for m, v in values.items()})
                 if not suffix:  # the final prediction
-                    domain_table.extend(domain_rows(prep.domain, case, truth, pred, spacing_of(truth_img),
-                                                    wf.evaluate))
+                    inst = None
+                    if case.id in instance_maps:
+                        inst = np.asarray(nib.load(str(ctx.path(instance_maps[case.id]))).dataobj)
+                        objects[case.id] = f"evaluate/instances/{case.id}.csv"
+                        measured = object_table(inst, case, spacing_of(truth_img), ctx.path(objects[case.id]))
+                    domain = domain_rows(prep.domain, case, truth, pred, spacing_of(truth_img), wf.evaluate, inst)
+                    if inst is not None and domain:
+                        domain[0].update(measured)
+                    domain_table.extend(domain)
             rows.extend(case_rows.values())
         summary: dict[str, Any] = {"workflow": wf.name, "n_cases": len(cases)}
         for suffix in variants:
@@ -126,7 +141,7 @@ class EvaluateStage(Stage):
         fields = ["case", "class", "class_name"] + [f"{m}{s}" for m in metrics for s in variants] + extra_cols
         cases_csv = "evaluate/cases.csv"
         write_text(ctx.path(cases_csv), _csv(rows, fields))
-        files = [cases_csv, "summary.json"] + ([domain_csv] if domain_csv else [])
+        files = [cases_csv, "summary.json"] + ([domain_csv] if domain_csv else []) + list(objects.values())
         overview = None
         if wf.evaluate.figures and cases:
             shown = [{**c.model_dump(), "pred": str(ctx.path(post.predictions[c.id]))}
@@ -145,19 +160,30 @@ class EvaluateStage(Stage):
             files.extend(overlays.values())
         write_json(ctx.run_dir / "summary.json", summary)
         return EvaluateRecord(files=tuple(files), summary=summary, cases_csv=cases_csv, domain_csv=domain_csv,
-                              overview=overview, overlays=overlays)
+                              overview=overview, overlays=overlays, objects=objects)
 
     def report(self, ctx: StageContext, record: StageRecord) -> Report:
         assert isinstance(record, EvaluateRecord)
         overlays = set(record.overlays.values())
         artifacts = tuple((ctx.path(f), None if f == "summary.json" else "evaluate") for f in record.files
                           if f not in overlays)
+        artifacts = tuple(a for a in artifacts if a[0] not in {ctx.path(f) for f in record.objects.values()})
         artifacts += tuple((ctx.path(f), "evaluate/overlays") for f in record.overlays.values())
+        artifacts += tuple((ctx.path(f), "evaluate/instances") for f in record.objects.values())
         images = tuple((ctx.path(f), f"overlay/{case}") for case, f in record.overlays.items())
         tables = ((ctx.path(record.cases_csv), "evaluate/cases_table.json"),)
         if record.domain_csv:
             tables += ((ctx.path(record.domain_csv), "evaluate/cases_domain_table.json"),)
         return Report(metrics=flat_test_metrics(record.summary), artifacts=artifacts, images=images, tables=tables)
+
+
+def object_table(instances: np.ndarray, case: Any, spacing: list[float], target: Any) -> dict[str, float]:
+    """Measure a test case's predicted objects (written to ``target``, its ``instances.csv``) and return their
+    summary for the domain table (object count, mean size, ...)."""
+    image = np.asarray(nib.load(case.image).dataobj, dtype=np.float32)
+    rows = measure_instances(instances, image, spacing)
+    write_instances_csv(rows, target, ndim=instances.ndim)
+    return {k: float(v) for k, v in object_summary(rows, ndim=instances.ndim).items()}
 
 
 def flat_test_metrics(summary: dict[str, Any]) -> dict[str, float]:

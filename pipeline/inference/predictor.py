@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.config.schema import InferConfig, PreprocessConfig
 from pipeline.inference.optimize import for_inference
+from pipeline.instances.heads import Head
 from pipeline.runtime.sliding_window import LabelSink, ProbabilitySink, argmax_labels, stitch_with_fallback
 from pipeline.transforms.build import deterministic_transforms
 
@@ -45,8 +46,9 @@ class Predictor:
     """A network with its preprocessing and sliding-window settings."""
 
     def __init__(self, model: nn.Module, preprocess: PreprocessConfig, infer: InferConfig, device: torch.device,
-                 spatial_dims: int) -> None:
+                 spatial_dims: int, head: Head | None = None) -> None:
         self.model = for_inference(model, spatial_dims).to(device)  # a channels-last copy; `model` is untouched
+        self.head = head
         self.device = device
         self.infer = infer
         self.spatial_dims = spatial_dims
@@ -73,13 +75,15 @@ class Predictor:
         """Run the sliding window over a prepared image (falling back on out-of-memory errors; ``case`` names it
         in the warnings, by default the file name given to :meth:`prepare`)."""
         image = prepared["image"]
-        keep_probs = probabilities or self.resamples
+        head = self.head
+        keep_probs = probabilities or self.resamples or (head is not None and head.needs_probabilities)
         sink: LabelSink | ProbabilitySink = (ProbabilitySink(image.shape[1:]) if keep_probs
                                              else LabelSink(image.shape[1:]))
         if case is None:
             meta = getattr(image, "meta", {})
             case = str(meta.get("filename_or_obj", "") or "")
-        stitch_with_fallback(self.model, image, self.infer, self.device, sink, case=case)
+        stitch_with_fallback(self.model, image, self.infer, self.device, sink, case=case,
+                             activation=head.activation if head is not None else None)
         if isinstance(sink, ProbabilitySink):
             return NetworkOutput(prepared, None, sink.result)
         return NetworkOutput(prepared, sink.result, None)
@@ -96,14 +100,37 @@ class Predictor:
         return out.as_tensor() if isinstance(out, MetaTensor) else out
 
     def restore(self, out: NetworkOutput, probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Labels ``(*spatial)`` uint8 and, when asked, probabilities ``(K, *spatial)`` float16 on the scan's grid."""
+        """Labels ``(*spatial)`` uint8 and, when asked, probabilities ``(K, *spatial)`` float16 on the scan's grid
+        (the manifest's classes: an instance head's output folded into them)."""
+        labels, probs, _ = self.restore_all(out, probabilities)
+        return labels, probs
+
+    def restore_all(self, out: NetworkOutput, probabilities: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """:meth:`restore` and the instance map (uint16 or uint32; None when the head makes none)."""
+        head = self.head
         if out.labels is not None:
             labels = self._invert(out.prepared, out.labels[None].float(), nearest=True)[0]
-            return np.asarray(labels.round().to(torch.uint8).numpy()), None
+            labels_np = np.asarray(labels.round().to(torch.uint8).numpy())
+            instances = head.decode(None, labels_np) if head is not None else None
+            if instances is not None:
+                labels_np[instances == 0] = 0
+            return labels_np, None, instances
         assert out.probs is not None
         image = out.prepared["image"]
-        return resample_to_grid(out.probs, image.affine, np.asarray(image.meta["original_affine"]),
-                                tuple(int(n) for n in image.meta["spatial_shape"]), probabilities)
+        keep = probabilities or (head is not None and head.needs_probabilities)
+        labels_np, probs = resample_to_grid(out.probs, image.affine, np.asarray(image.meta["original_affine"]),
+                                            tuple(int(n) for n in image.meta["spatial_shape"]), keep)
+        if head is None:
+            return labels_np, probs, None
+        if head.out_channels != head.classes or head.method == "three_class":
+            assert probs is not None
+            labels_np = head.labels(probs)
+        instances = head.decode(probs, labels_np)
+        if instances is not None:  # objects under min_size_px leave the label map too: both show the same objects
+            labels_np[instances == 0] = 0
+        kept = head.class_probabilities(probs) if probabilities and probs is not None else None
+        return labels_np, kept, instances
 
     def __call__(self, array: np.ndarray, affine: np.ndarray,
                  probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

@@ -11,7 +11,9 @@ from tqdm import tqdm
 from pipeline.config.schema import Workflow
 from pipeline.data.stage import PrepareRecord
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
+from pipeline.errors import PipelineError
 from pipeline.inference.predictor import Predictor
+from pipeline.instances.heads import Head
 from pipeline.io.scan import write_like, write_probabilities_like
 from pipeline.models import build_model
 from pipeline.models.shapes import check_divisible
@@ -23,8 +25,28 @@ from pipeline.training.stage import TrainRecord
 def predict_file(predictor: Predictor, image_path: str, probabilities: bool = False
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (and optionally class probabilities ``(K, *spatial)``) of one NIfTI scan on its own grid."""
+    labels, probs, _ = predict_file_all(predictor, image_path, probabilities)
+    return labels, probs
+
+
+def predict_file_all(predictor: Predictor, image_path: str, probabilities: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`predict_file` and the instance map (None when the predictor's head makes none)."""
     img = nib.load(str(image_path))
-    return predictor(np.asarray(img.dataobj), img.affine, probabilities)
+    return predictor.restore_all(predictor.network(predictor.prepare(np.asarray(img.dataobj), img.affine),
+                                                   probabilities), probabilities)
+
+
+def inference_head(checkpoint: dict[str, Any], workflow: Workflow, classes: int) -> Head:
+    """What the checkpoint's network outputs, decoded as the workflow's ``instances`` says."""
+    head = Head.from_json(checkpoint.get("head"), classes)
+    inst = workflow.instances
+    if inst is None:
+        if head.trained:
+            raise PipelineError(f"the model was trained for instances.method {head.method} but the workflow has no "
+                              "instances section; add it back")
+        return head
+    return head.with_decoding(inst.method, inst.decoder())
 
 
 def predict_to_original(model: Any, image_path: str, wf: Workflow, device: Any, spatial_dims: int = 3) -> np.ndarray:
@@ -44,6 +66,7 @@ class InferRecord(StageRecord):
     predictions: dict[str, str]
     probabilities: dict[str, str] = {}
     validation_probabilities: dict[str, str] = {}
+    instances: dict[str, str] = {}  # test case id → instance map (one id per object), with ``instances``
 
 
 @STAGES.register("infer")
@@ -56,9 +79,12 @@ class InferStage(Stage):
 
     def config(self, workflow: Workflow) -> Any:
         crf = workflow.postprocess.crf
-        return {"infer": workflow.infer.model_dump(mode="json"),
-                "preprocess": workflow.preprocess.model_dump(mode="json"),
-                "save_probabilities": crf is not None, "predict_validation": crf is not None and crf.tune is not None}
+        out = {"infer": workflow.infer.model_dump(mode="json"),
+               "preprocess": workflow.preprocess.model_dump(mode="json"),
+               "save_probabilities": crf is not None, "predict_validation": crf is not None and crf.tune is not None}
+        if workflow.instances is not None:
+            out["instances"] = workflow.instances.model_dump(mode="json")
+        return out
 
     def run(self, ctx: StageContext) -> InferRecord:
         wf = ctx.workflow
@@ -69,23 +95,30 @@ class InferStage(Stage):
         model = build_model(m["name"], m["kwargs"], m["in_channels"], m["out_channels"], prep.spatial_dims)
         model.load_state_dict(ckpt["model_state"])
         check_divisible(model, {"infer.roi_size": wf.infer.roi_size})
-        predictor = Predictor(model, wf.preprocess, wf.infer, device, prep.spatial_dims)
+        head = inference_head(ckpt, wf, prep.num_classes)
+        predictor = Predictor(model, wf.preprocess, wf.infer, device, prep.spatial_dims, head)
         crf = wf.postprocess.crf
         todo = [("test", c) for c in prep.split("test")]
         if crf is not None and crf.tune is not None:  # CRF tuning needs the validation cases' probabilities
             todo += [("validation", c) for c in prep.split("validation")]
-        out: dict[str, dict[str, str]] = {"predictions": {}, "probabilities": {}, "validation_probabilities": {}}
+        out: dict[str, dict[str, str]] = {"predictions": {}, "probabilities": {}, "validation_probabilities": {},
+                                          "instances": {}}
         for split, case in tqdm(todo, desc="infer", unit="case", disable=not wf.train.progress):
             folder = "infer" if split == "test" else "infer/validation"
             rel, probs_rel = f"{folder}/{case.id}.nii.gz", f"{folder}/{case.id}_probs.nii.gz"
+            inst_rel = f"{folder}/{case.id}_instances.nii.gz" if head.method and split == "test" else None
             save_probs = crf is not None
-            if not (ctx.resume and ctx.path(rel).is_file()):
-                labels, probs = predict_file(predictor, case.image, save_probs)
+            if not (ctx.resume and all(ctx.path(f).is_file() for f in (rel, inst_rel) if f)):
+                labels, probs, instances = predict_file_all(predictor, case.image, save_probs)
                 if probs is not None:  # class axis last: the layout `pipeline crf` reads
                     write_probabilities_like(case.image, probs, ctx.path(probs_rel))
+                if inst_rel is not None and instances is not None:
+                    write_like(case.image, instances, ctx.path(inst_rel))
                 write_like(case.image, labels, ctx.path(rel))
             if split == "test":
                 out["predictions"][case.id] = rel
+                if inst_rel is not None:
+                    out["instances"][case.id] = inst_rel
             if save_probs:
                 out["probabilities" if split == "test" else "validation_probabilities"][case.id] = probs_rel
         files = tuple(f for group in out.values() for f in group.values())

@@ -32,6 +32,11 @@ from pipeline.config.schema import SlidingWindowConfig
 from pipeline.runtime.oom import HOST, Attempt, run_with_fallback
 
 Sink = Callable[[int, int, torch.Tensor], None]
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=0)
 
 
 def argmax_labels(probs: torch.Tensor) -> torch.Tensor:
@@ -83,6 +88,7 @@ def stitch(
     flip_axes: Sequence[int] = (),
     amp: bool = True,
     stitch_device: torch.device | None = None,
+    activation: Activation | None = None,
 ) -> None:
     """Predict a channel-first image ``(C, *spatial)`` window by window and feed finished slabs to ``sink``.
 
@@ -102,7 +108,10 @@ def stitch(
         amp: float16 autocast when ``device`` is CUDA.
         stitch_device: where the stitching buffer lives (default ``device``); each window batch's logits are
             copied there.
+        activation: blended logits ``(C, *slab)`` → what the sink gets (default: softmax over the channels; an
+            instance head's: :meth:`pipeline.instances.heads.Head.activation`).
     """
+    activate = activation or _softmax
     sdev = device if stitch_device is None else stitch_device
     x = image.as_tensor() if isinstance(image, MetaTensor) else image
     x = x[None].float()
@@ -134,7 +143,7 @@ def stitch(
             return
         rows = slice(a - lo, b - lo)
         logits = acc[(slice(None), rows, *inner)] / count[(rows, *inner)]
-        sink(a - before[0], b - before[0], torch.softmax(logits, dim=0))
+        sink(a - before[0], b - before[0], activate(logits))
 
     previous: int | None = None
     for start0, group in groupby(windows, key=lambda w: w[0]):
@@ -188,6 +197,7 @@ def stitch_with_fallback(
     sink: Sink,
     case: str = "",
     host: torch.device = HOST,
+    activation: Activation | None = None,
 ) -> Attempt:
     """:func:`stitch` with ``cfg``'s settings, retried on out-of-memory errors with a halved window batch, then
     the stitching on ``host``, then the network on ``host`` (:func:`pipeline.runtime.oom.run_with_fallback`).
@@ -204,6 +214,7 @@ def stitch_with_fallback(
         sink: as for :func:`stitch`.
         case: names the case in the warnings.
         host: where the fallback stitches and runs the network.
+        activation: as for :func:`stitch`.
 
     Returns:
         the rung that produced the result (``step == "configured"`` when nothing ran out of memory).
@@ -216,7 +227,7 @@ def stitch_with_fallback(
         try:
             stitch(model, image, cfg.roi_size, step.network_device, sink, overlap=cfg.overlap,
                    sw_batch_size=step.sw_batch_size, mode=cfg.mode, sigma_scale=cfg.sigma_scale,
-                   flip_axes=cfg.tta_flip_axes, stitch_device=step.stitch_device)
+                   flip_axes=cfg.tta_flip_axes, stitch_device=step.stitch_device, activation=activation)
         finally:
             if moved:
                 model.to(device)
@@ -232,7 +243,7 @@ def channels_last(spatial_dims: int) -> torch.memory_format:
 
 
 def predict_case(model: nn.Module, image: torch.Tensor, cfg: SlidingWindowConfig, device: torch.device,
-                 case: str = "") -> torch.Tensor:
+                 case: str = "", activation: Activation | None = None) -> torch.Tensor:
     """Softmax probabilities ``(K, *spatial)`` (CPU, float32) of one preprocessed channel-first image, with the
     workflow's sliding-window settings (:func:`stitch_with_fallback`: out-of-memory errors fall back).
 
@@ -242,8 +253,9 @@ def predict_case(model: nn.Module, image: torch.Tensor, cfg: SlidingWindowConfig
         cfg: window size, overlap, blending and test-time flips (``infer`` or ``train.validation``).
         device: where the network runs.
         case: names the case in out-of-memory warnings.
+        activation: as for :func:`stitch`.
     """
     sink = ProbabilitySink(image.shape[1:], dtype=torch.float32)
-    stitch_with_fallback(model, image, cfg, device, sink, case=case)
+    stitch_with_fallback(model, image, cfg, device, sink, case=case, activation=activation)
     assert sink.result is not None
     return sink.result

@@ -17,6 +17,7 @@ from pipeline.engine.hooks import Report
 from pipeline.engine.records import read_finished
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.errors import PipelineError
+from pipeline.instances.heads import TRAINED_METHODS
 from pipeline.training import distributed
 from pipeline.training.curves import learning_curve_png
 from pipeline.training.trainer import load_history, train
@@ -75,8 +76,12 @@ class TrainStage(Stage):
         train.pop("progress")
         if not train["sync_batchnorm"]:  # the default keeps the run folders named before it existed
             train.pop("sync_batchnorm")
-        return {"seed": workflow.seed, "model": workflow.model.model_dump(mode="json"), "train": train,
-                "preprocess": workflow.preprocess.model_dump(mode="json")}
+        out = {"seed": workflow.seed, "model": workflow.model.model_dump(mode="json"), "train": train,
+               "preprocess": workflow.preprocess.model_dump(mode="json")}
+        inst = workflow.instances
+        if inst is not None and inst.method in TRAINED_METHODS:  # the targets and the loss (decoding is infer's)
+            out["instances"] = inst.target()
+        return out
 
     def run(self, ctx: StageContext) -> TrainRecord:
         prep = ctx.need(PrepareRecord)

@@ -39,6 +39,8 @@ from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
 from pipeline.errors import PipelineError
+from pipeline.instances.heads import TRAINED_METHODS, Head
+from pipeline.instances.loss import EXTRA_KEYS, instance_loss
 from pipeline.io.atomic import write_json
 from pipeline.losses import LOSSES
 from pipeline.models import build_model
@@ -68,15 +70,20 @@ class TrainResult:
     resumed_from_epoch: int | None = None
 
 
-def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 extras: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The training loss; a model that returns ``(logits, aux_logits)`` in training mode (PSPNet's auxiliary head)
-    adds ``model.aux_weight`` times the auxiliary loss."""
+    adds ``model.aux_weight`` times the auxiliary loss. The instance-aware losses also get the extra targets
+    (:mod:`pipeline.instances.loss`)."""
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        return loss_fn(logits, y) if extras is None else loss_fn(logits, y, extras)
+
     out = model(x)
     if isinstance(out, (tuple, list)):
         main, *aux = out
         weight = float(getattr(distributed.unwrap(model), "aux_weight", 0.4))
-        return loss_fn(main, y) + weight * sum(loss_fn(a, y) for a in aux)
-    return loss_fn(out, y)
+        return loss(main) + weight * sum(loss(a) for a in aux)
+    return loss(out)
 
 
 def _optimizer(model: nn.Module, wf: Workflow) -> torch.optim.Optimizer:
@@ -96,18 +103,21 @@ def _schedule(opt: torch.optim.Optimizer, wf: Workflow, total_iters: int) -> tor
 
 
 def validate(model: nn.Module, data: list[dict[str, Any]], wf: Workflow, device: torch.device,
-             num_classes: int) -> float:
+             num_classes: int, head: Head | None = None) -> float:
     """Mean foreground Dice over the validation volumes (on the preprocessed grid), with the sliding-window settings
-    of ``train.validation``. Reduced here, not by ``DiceMetric.aggregate``, which would wait for the other ranks of
-    a torchrun launch (only rank 0 validates)."""
+    of ``train.validation``, on the manifest's classes (an instance head's output folded into them). Reduced here,
+    not by ``DiceMetric.aggregate``, which would wait for the other ranks of a torchrun launch (only rank 0
+    validates)."""
+    head = head or Head(num_classes)
     window = wf.train.validation.window(wf.preprocess.patch.size)
     metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
     model.eval()
     per_case = []
     for item in data:
-        probs = predict_case(model, item["image"], window, device)
-        pred = one_hot(probs.argmax(0, keepdim=True)[None], num_classes)
-        truth = one_hot(item["label"].long()[None], num_classes)
+        probs = predict_case(model, item["image"], window, device, activation=head.activation)
+        labels = torch.from_numpy(head.labels(probs.numpy())).long()
+        pred = one_hot(labels[None, None], num_classes)
+        truth = one_hot(head.training_labels(item["label"]).long()[None], num_classes)
         per_case.append(metric(pred, truth))
     value = float(do_metric_reduction(torch.cat(per_case), metric.reduction)[0].item()) if data else float("nan")
     model.train()
@@ -126,17 +136,23 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     num_classes = max(int(k) for k in labels) + 1
     set_determinism(seed=wf.seed)
+    head = trained_head(wf, num_classes)
     model_kwargs = wf.model.kwargs()
-    model = build_model(wf.model.name, model_kwargs, len(channels), num_classes, spatial_dims).to(device)
+    model = build_model(wf.model.name, model_kwargs, len(channels), head.out_channels, spatial_dims).to(device)
     check_divisible(model, {"preprocess.patch.size": pp.patch.size,
                             "train.validation.roi_size": cfg.validation.window(pp.patch.size).roi_size})
     loss_fn = LOSSES.get(cfg.loss.name)(**cfg.loss.kwargs())
+    extra_keys = EXTRA_KEYS.get(head.method or "", ())
+    if head.trained:
+        loss_fn = instance_loss(head, loss_fn, wf.instances.distance_weight if wf.instances else 1.0)
 
     def files(split: str) -> list[dict[str, str]]:
-        return [{"image": str(run_dir / c.image), "label": str(run_dir / c.label)} for c in cases.get(split, ())]
+        return [{"image": str(run_dir / c.image), "label": str(run_dir / c.label),
+                 **{k: str(run_dir / c.extras[k]) for k in extra_keys}} for c in cases.get(split, ())]
 
-    load = [LoadImaged(keys=("image", "label"), image_only=True), EnsureChannelFirstd(keys=("image", "label"))]
-    train_tf = Compose(load + random_transforms(pp, spatial_dims))
+    keys = ("image", "label", *extra_keys)
+    load = [LoadImaged(keys=keys, image_only=True), EnsureChannelFirstd(keys=keys)]
+    train_tf = Compose(load + random_transforms(pp, spatial_dims, extra_keys))
     train_ds = CacheDataset(files("training"), train_tf, cache_rate=1.0, progress=False)
     val_ds = CacheDataset(files("validation") if main else [],
                           Compose(load + [EnsureTyped(keys=("image", "label"), track_meta=False)]),
@@ -154,8 +170,8 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
-                      "out_channels": num_classes, "spatial_dims": spatial_dims},
-            "labels": labels, "channels": channels}
+                      "out_channels": head.out_channels, "spatial_dims": spatial_dims},
+            "labels": labels, "channels": channels, "head": head.to_json()}
     start, best_dice, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
     resumed_from = None
@@ -183,9 +199,10 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         losses = []
         for batch in loader:
             x, y = batch["image"].to(device), batch["label"].to(device)
+            extras = {k: batch[k].to(device) for k in extra_keys} if extra_keys else None
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-                loss = compute_loss(net, loss_fn, x, y)
+                loss = compute_loss(net, loss_fn, x, y, extras)
             if not torch.isfinite(loss):
                 raise PipelineError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
                                     "lower train.optimizer.lr")
@@ -200,7 +217,7 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         row: dict[str, float] = {"epoch": epoch + 1, "train_loss": distributed.mean(sum(losses) / len(losses), device),
                                  "lr": opt.param_groups[0]["lr"]}
         if main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            dice = validate(model, list(val_ds), wf, device, num_classes) if len(val_ds) else float("nan")
+            dice = validate(model, list(val_ds), wf, device, num_classes, head) if len(val_ds) else float("nan")
             row["val_dice"] = dice
             if len(val_ds) == 0 or dice > best_dice:
                 best_dice, best_epoch = (dice if dice == dice else best_dice), epoch + 1
@@ -221,6 +238,15 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         write_json(stage_dir / "history.json", history)
     bar.close()
     return TrainResult(best_dice, best_epoch, cfg.epochs, history, str(device), world, resumed_from)
+
+
+def trained_head(wf: Workflow, num_classes: int) -> Head:
+    """What the network learns to output: an instance-aware head for ``instances.method`` three_class or
+    distance, else the manifest's classes (decoding settings are the inference's, not stored here)."""
+    inst = wf.instances
+    if inst is None or inst.method not in TRAINED_METHODS:
+        return Head(num_classes)
+    return Head(num_classes, inst.method)
 
 
 def _restore_rng(state: Mapping[str, Any], rank: int, world: int, transform: Any, generator: torch.Generator,

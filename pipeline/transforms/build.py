@@ -55,9 +55,13 @@ def deterministic_transforms(cfg: PreprocessConfig, keys: Sequence[str] = ("imag
     return chain
 
 
-def random_transforms(cfg: PreprocessConfig, spatial_dims: int = 3) -> list[mt.Transform]:
-    """Patch sampling (positive/negative around the label) and augmentation for training."""
-    keys = ("image", "label")
+def random_transforms(cfg: PreprocessConfig, spatial_dims: int = 3,
+                      extra_keys: Sequence[str] = ()) -> list[mt.Transform]:
+    """Patch sampling (positive/negative around the label) and augmentation for training. ``extra_keys`` are
+    per-voxel float targets (instance-aware training: border weights, distances) that move with the label and are
+    interpolated like the image."""
+    keys = ("image", "label", *extra_keys)
+    smooth = ("bilinear", "nearest", *("bilinear",) * len(extra_keys))
     aug = cfg.augment
     size = cfg.patch.size
     chain: list[mt.Transform] = [
@@ -71,14 +75,14 @@ def random_transforms(cfg: PreprocessConfig, spatial_dims: int = 3) -> list[mt.T
     if aug.rotate_prob > 0 and spatial_dims == 2:  # in-plane rotation: about the z axis
         chain.append(
             mt.RandRotated(keys=keys, prob=aug.rotate_prob, range_x=math.radians(aug.rotate_deg[2]),
-                           mode=("bilinear", "nearest"), padding_mode="border")
+                           mode=smooth, padding_mode="border")
         )
     elif aug.rotate_prob > 0:
         chain.append(
             mt.RandRotated(
                 keys=keys, prob=aug.rotate_prob, range_x=math.radians(aug.rotate_deg[0]),
                 range_y=math.radians(aug.rotate_deg[1]), range_z=math.radians(aug.rotate_deg[2]),
-                mode=("bilinear", "nearest"), padding_mode="border",
+                mode=smooth, padding_mode="border",
             )
         )
     if aug.scale_prob > 0:
@@ -87,7 +91,7 @@ def random_transforms(cfg: PreprocessConfig, spatial_dims: int = 3) -> list[mt.T
                 keys=keys, prob=aug.scale_prob,
                 min_zoom=aug.scale_limits[0] if aug.scale_limits else 1 - aug.scale_range,
                 max_zoom=aug.scale_limits[1] if aug.scale_limits else 1 + aug.scale_range,
-                mode=("trilinear" if spatial_dims == 3 else "bilinear", "nearest"), keep_size=True,
+                mode=tuple("trilinear" if m == "bilinear" and spatial_dims == 3 else m for m in smooth), keep_size=True,
             )
         )
     if aug.flip_prob > 0:

@@ -16,6 +16,11 @@ from tqdm import tqdm
 from pipeline.config.schema import Workflow
 from pipeline.data.stage import PrepareRecord, training_identity
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
+from pipeline.config.schema import InstancesConfig
+from pipeline.errors import DataError
+from pipeline.instances.heads import TRAINED_METHODS
+from pipeline.instances.loss import EXTRA_KEYS
+from pipeline.instances.targets import border_weight_map, normalised_distance, three_class_labels
 from pipeline.io.atomic import atomic_path
 from pipeline.transforms.build import deterministic_transforms
 
@@ -41,6 +46,7 @@ class PreprocessedCase(BaseModel):
     id: str
     image: str
     label: str
+    extras: dict[str, str] = {}  # instance-aware training targets (``weight``, ``distance``) by name
 
 
 class PreprocessRecord(StageRecord):
@@ -66,20 +72,59 @@ class PreprocessStage(Stage):
         out = {k: cfg[k] for k in ("orientation", "spacing", "intensity", "crop_foreground", "crop_margin")}
         if cfg["nan_policy"] != "refuse":  # fill changes the images; refuse keeps the key of earlier runs
             out["nan_policy"] = cfg["nan_policy"]
+        inst = workflow.instances
+        if inst is not None and inst.method in TRAINED_METHODS:  # targets from the instance maps
+            out["instances"] = inst.target()
         return out
 
     def run(self, ctx: StageContext) -> PreprocessRecord:
         prep = ctx.need(PrepareRecord)
-        transform = Compose(deterministic_transforms(ctx.workflow.preprocess, spatial_dims=prep.spatial_dims))
+        inst = ctx.workflow.instances
+        method = inst.method if inst is not None and inst.method in TRAINED_METHODS else None
+        keys = ("image", "label", "instances") if method else ("image", "label")
+        transform = Compose(deterministic_transforms(ctx.workflow.preprocess, keys=keys,
+                                                     spatial_dims=prep.spatial_dims))
         out: dict[str, list[PreprocessedCase]] = {}
         todo = [(s, c) for s in SPLITS for c in prep.split(s)]
         for split, case in tqdm(todo, desc="preprocess", unit="case", disable=not ctx.workflow.train.progress):
+            extras = {k: f"preprocess/{case.id}_{k}.nii" for k in EXTRA_KEYS.get(method or "", ())}
             done = PreprocessedCase(id=case.id, image=f"preprocess/{case.id}_image.nii",
-                                    label=f"preprocess/{case.id}_label.nii")
-            if not (ctx.resume and ctx.path(done.label).is_file()):
-                d = transform({"image": case.image, "label": case.label})
+                                    label=f"preprocess/{case.id}_label.nii", extras=extras)
+            if not (ctx.resume and all(ctx.path(f).is_file() for f in (done.label, *extras.values()))):
+                files = {"image": case.image, "label": case.label}
+                if method:
+                    files["instances"] = instance_file(case, method)
+                d = transform(files)
                 save_channel_first(d["image"], d["image"].affine, ctx.path(done.image), np.float32)
-                save_channel_first(d["label"], d["label"].affine, ctx.path(done.label), np.uint8)
+                labels = d["label"]
+                if method and inst is not None:
+                    labels, targets = instance_targets(d["instances"], inst, d["image"].affine)
+                    for k, rel in extras.items():
+                        save_channel_first(targets[k], d["image"].affine, ctx.path(rel), np.float32)
+                save_channel_first(labels, d["label"].affine, ctx.path(done.label), np.uint8)
             out.setdefault(split, []).append(done)
-        files = tuple(f for v in out.values() for e in v for f in (e.image, e.label))
+        files = tuple(f for v in out.values() for e in v for f in (e.image, e.label, *e.extras.values()))
         return PreprocessRecord(files=files, cases={s: tuple(v) for s, v in out.items()})
+
+
+def instance_file(case: Any, method: str) -> str:
+    """The case's instance map (the manifest's ``instances`` file), which the instance-aware targets need."""
+    path = getattr(case, "extras", {}).get("instances")
+    if path is None:
+        raise DataError(f"case '{case.id}' has no 'instances' file in the manifest; instances.method {method} "
+                        "trains on instance maps (one id per object): add them to the manifest's cases, or use "
+                        "instances.method watershed or components")
+    return str(path)
+
+
+def instance_targets(instances: Any, cfg: InstancesConfig, affine: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels and extra targets ``(1, *spatial)`` of a preprocessed instance map ``(1, *spatial)``."""
+    inst = np.rint(np.asarray(instances.detach().cpu() if isinstance(instances, torch.Tensor) else instances)[0])
+    inst = inst.astype(np.int64)
+    aff = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    spacing = np.linalg.norm(aff[:3, : inst.ndim], axis=0)
+    if cfg.method == "three_class":
+        labels = three_class_labels(inst, cfg.boundary_px, spacing)
+        weight = border_weight_map(inst, labels, cfg.border_w0, cfg.border_sigma_px, spacing)
+        return labels[None], {"weight": weight[None]}
+    return (inst > 0).astype(np.uint8)[None], {"distance": normalised_distance(inst, spacing)[None]}
