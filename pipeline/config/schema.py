@@ -313,8 +313,8 @@ class EvaluateConfig(Strict):
     metrics: list[Literal["dice", "hd95", "asd"]] = Field(default_factory=lambda: ["dice", "hd95", "asd"])
     figures: int = Field(default=3, ge=0, le=1000, description="test cases drawn in the overview PNG")
     instances: Literal["components", "watershed"] = Field(
-        default="components", description="cells: objects from the semantic prediction by connected components, or "
-        "by a distance-transform watershed that splits touching nuclei")
+        default="components", description="cells without an instances section: objects from the semantic "
+        "prediction by connected components, or by a distance-transform watershed (with one: its instance maps)")
     overlays: bool = Field(default=True, description="one PNG per test case (image, reference, prediction on a few "
                            "slices) in evaluate/overlays/, also shown in MLflow")
     overlay_slices: int = Field(default=3, ge=1, le=9, description="slices per overlay (3D scans)")

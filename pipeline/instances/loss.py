@@ -4,8 +4,10 @@ with the extra targets of :mod:`pipeline.instances.targets` in ``extras``:
 * ``three_class``: soft Dice over the interior and boundary classes plus cross-entropy weighted pixel by pixel
   with the U-Net border weight map (``extras["weight"]``), normalised by the weights' sum; the weighted
   cross-entropy is the U-Net paper's loss, the Dice term keeps the rare boundary class from being ignored.
-* ``distance``: ``train.loss`` on the class channels plus ``distance_weight`` times the mean squared error between
-  the sigmoid of the distance channel and the normalised distance (``extras["distance"]``).
+* ``distance``: ``train.loss`` on the class channels plus ``distance_weight`` times the binary cross-entropy of the
+  distance channel's logit against the normalised distance (``extras["distance"]``) as a soft target, as StarDist
+  trains its object probability: unlike a squared error through the sigmoid, its gradient does not vanish where
+  the prediction is far off.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class WeightedDiceCE(nn.Module):
 
 
 class DistanceLoss(nn.Module):
-    """``train.loss`` on the class channels + ``weight`` × MSE of the sigmoid distance channel."""
+    """``train.loss`` on the class channels + ``weight`` × soft-target BCE of the distance channel."""
 
     def __init__(self, semantic: nn.Module, classes: int, weight: float = 1.0) -> None:
         super().__init__()
@@ -47,8 +49,8 @@ class DistanceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, extras: Mapping[str, torch.Tensor]
                 ) -> torch.Tensor:
         k = self.classes
-        pred = torch.sigmoid(logits[:, k:k + 1].float())
-        return self.semantic(logits[:, :k], labels) + self.weight * F.mse_loss(pred, extras["distance"].float())
+        distance = F.binary_cross_entropy_with_logits(logits[:, k:k + 1].float(), extras["distance"].float())
+        return self.semantic(logits[:, :k], labels) + self.weight * distance
 
 
 def instance_loss(head: Head, semantic: nn.Module, distance_weight: float = 1.0) -> nn.Module:

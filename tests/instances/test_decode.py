@@ -95,7 +95,7 @@ def test_border_weights_scale_the_cross_entropy_pixel_by_pixel() -> None:
     torch.testing.assert_close(loss(logits, labels, {"weight": w}) - loss.dice(logits, labels), want)
 
 
-def test_distance_loss_adds_the_weighted_squared_error() -> None:
+def test_distance_loss_adds_the_weighted_soft_target_cross_entropy() -> None:
     torch.manual_seed(1)
     logits, labels = torch.randn(2, 3, 5, 5), torch.randint(0, 2, (2, 1, 5, 5))
     target = torch.rand(2, 1, 5, 5)
@@ -105,4 +105,5 @@ def test_distance_loss_adds_the_weighted_squared_error() -> None:
         return x.mean() * 0
 
     got = DistanceLoss(semantic, 2, weight=3.0)(logits, labels, {"distance": target})
-    torch.testing.assert_close(got, 3.0 * ((torch.sigmoid(logits[:, 2:]) - target) ** 2).mean())
+    p = torch.sigmoid(logits[:, 2:])
+    torch.testing.assert_close(got, 3.0 * -(target * p.log() + (1 - target) * (1 - p).log()).mean())
