@@ -2,12 +2,15 @@
 
 Every registered model that can be built with ``spatial_dims=2`` is run on a 256×256 image with 1 input channel and
 3 classes (batch 1, eval mode, ``torch.no_grad``); the median over ``--repeats`` timed calls after one warm-up call is
-reported as a Markdown table. Models that are 3D-only (e.g. V-Net) are listed as skipped.
+reported as a Markdown table. Models that are 3D-only (e.g. V-Net) are listed as skipped. A model registered once
+with several published configurations (FC-DenseNet: ``depth`` 56, 67, 103) gets one row each (:data:`VARIANTS`),
+named ``fcdensenet56`` etc. (also accepted by ``--models``).
 
 Usage::
 
     python bench/models.py                      # default widths, 5 repeats
     python bench/models.py --width 8 --repeats 3 --models unet deeplabv3plus
+    python bench/models.py --repeats 3 --models fcdensenet        # FC-DenseNet56, 67 and 103
 """
 
 from __future__ import annotations
@@ -27,15 +30,32 @@ sys.path.insert(0, str(ROOT))
 from pipeline.models import MODELS  # noqa: E402
 
 IN_CHANNELS, CLASSES = 1, 3
+# registered name → (row name, constructor arguments) for models with several published configurations
+VARIANTS: dict[str, list[tuple[str, dict]]] = {
+    "fcdensenet": [(f"fcdensenet{d}", {"depth": d}) for d in (56, 67, 103)],
+}
 
 
-def build(name: str, width: int | None) -> torch.nn.Module:
-    """Build ``name`` in 2D; ``width`` overrides the base width (U-Net: channels w, 2w, 4w, 8w)."""
+def rows(names: list[str]) -> list[tuple[str, str, dict]]:
+    """(row name, registered name, arguments) for registered names or :data:`VARIANTS` row names."""
+    by_row = {row: (name, kw) for name, variants in VARIANTS.items() for row, kw in variants}
+    out: list[tuple[str, str, dict]] = []
+    for name in names:
+        if name in by_row:
+            out.append((name, *by_row[name]))
+        else:
+            out += [(row, name, kw) for row, kw in VARIANTS.get(name, [(name, {})])]
+    return out
+
+
+def build(name: str, width: int | None, extra: dict | None = None) -> torch.nn.Module:
+    """Build ``name`` in 2D with the arguments ``extra``; ``width`` overrides the base width (U-Net: channels w, 2w,
+    4w, 8w; models without a width, such as FC-DenseNet, keep theirs)."""
     factory = MODELS.get(name)
     params = inspect.signature(factory).parameters
     if "spatial_dims" not in params:
         raise ValueError("no spatial_dims argument (3D-only)")
-    kwargs: dict = {"spatial_dims": 2}
+    kwargs: dict = {"spatial_dims": 2, **(extra or {})}
     if width is not None:
         if "width" in params:
             kwargs["width"] = width
@@ -51,6 +71,8 @@ def width_of(model: torch.nn.Module) -> str:
     net = getattr(model, "net", None)
     if net is not None and hasattr(net, "channels"):
         return "channels " + "/".join(str(c) for c in net.channels)
+    if hasattr(model, "growth_rate") and hasattr(model, "layers_per_block"):
+        return f"growth {model.growth_rate}, layers " + "/".join(str(n) for n in model.layers_per_block)
     return ""
 
 
@@ -86,15 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | configuration | parameters | ms / image |")
     print("|---|---|---:|---:|")
     skipped = []
-    for name in names:
+    for row, name, extra in rows(names):
         try:
-            model = build(name, args.width)
+            model = build(name, args.width, extra)
         except (ValueError, TypeError) as exc:
-            skipped.append(f"{name} ({exc})")
+            skipped.append(f"{row} ({exc})")
             continue
         n_params = sum(p.numel() for p in model.parameters())
         seconds = time_model(model, args.size, args.repeats)
-        print(f"| {name} | {width_of(model)} | {n_params:,} | {seconds * 1000:.1f} |", flush=True)
+        print(f"| {row} | {width_of(model)} | {n_params:,} | {seconds * 1000:.1f} |", flush=True)
     if skipped:
         print("\nskipped: " + "; ".join(skipped))
     return 0

@@ -23,10 +23,12 @@ SHAPES = {2: (64, 64), 3: (32, 32, 32)}
 
 def tiny(name: str, spatial_dims: int, in_channels: int = 2, out_channels: int = 3, **kw: object) -> nn.Module:
     """A small instance of a registered model: width 8 for models with a ``width`` argument (the dilated-ResNet
-    baselines), channels 8/16/32 for models with a ``channels`` list (U-Net)."""
+    baselines), channels 8/16/32 for models with a ``channels`` list (U-Net), growth rate 4 and 8 first channels
+    for FC-DenseNet."""
     params = inspect.signature(MODELS.get(name)).parameters
     base: dict[str, object] = ({"width": 8} if "width" in params else
                                {"channels": (8, 16, 32), "strides": (2, 2), "num_res_units": 1} if "channels" in params
+                               else {"growth_rate": 4, "first_channels": 8} if "growth_rate" in params
                                else {})
     return MODELS.get(name)(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
                             **{**base, **kw})

@@ -33,6 +33,15 @@ from tests.utils import blob_dataset, tiny_workflow
 
 IN_CHANNELS, CLASSES = 2, 3
 MIN_SIZE = {2: 32, 3: 16}  # per axis, before rounding up to the model's stride
+# Models whose defaults cost seconds per forward pass on a CPU are checked with a compact configuration of the same
+# code (FC-DenseNet56 in 3D needs 64³ inputs for its 5 poolings): the contract does not depend on the width.
+COMPACT: dict[str, dict[str, object]] = {
+    "fcdensenet": {"growth_rate": 4, "first_channels": 8, "layers_per_block": [2, 2, 2], "bottleneck_layers": 2},
+}
+
+
+def build(name: str, spatial_dims: int) -> nn.Module:
+    return build_model(name, COMPACT.get(name, {}), IN_CHANNELS, CLASSES, spatial_dims)
 CASES = [pytest.param(name, dims, id=f"{name}-{dims}d") for name in MODELS.names() for dims in supported_dims(name)]
 
 
@@ -62,7 +71,7 @@ def test_constructor_follows_the_contract(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "spatial_dims"), CASES)
 def test_eval_mode_returns_input_sized_logits(name: str, spatial_dims: int) -> None:
-    model = build_model(name, {}, IN_CHANNELS, CLASSES, spatial_dims).eval()
+    model = build(name, spatial_dims).eval()
     assert isinstance(model, nn.Module) and isinstance(model, SegmentationModel)
     x = small_input(model, spatial_dims)
     with torch.no_grad():
@@ -74,7 +83,7 @@ def test_eval_mode_returns_input_sized_logits(name: str, spatial_dims: int) -> N
 
 @pytest.mark.parametrize(("name", "spatial_dims"), CASES)
 def test_training_mode_returns_logits_or_a_tuple_with_aux_logits(name: str, spatial_dims: int) -> None:
-    model = build_model(name, {}, IN_CHANNELS, CLASSES, spatial_dims).train()
+    model = build(name, spatial_dims).train()
     x = small_input(model, spatial_dims)
     with torch.no_grad():
         out = model(x)
@@ -87,15 +96,15 @@ def test_training_mode_returns_logits_or_a_tuple_with_aux_logits(name: str, spat
 
 @pytest.mark.parametrize(("name", "spatial_dims"), CASES)
 def test_same_arguments_rebuild_the_checkpointed_weights(name: str, spatial_dims: int) -> None:
-    first = build_model(name, {}, IN_CHANNELS, CLASSES, spatial_dims)
+    first = build(name, spatial_dims)
     torch.manual_seed(1)
-    second = build_model(name, {}, IN_CHANNELS, CLASSES, spatial_dims)
+    second = build(name, spatial_dims)
     second.load_state_dict(first.state_dict(), strict=True)
 
 
 @pytest.mark.parametrize(("name", "spatial_dims"), CASES)
 def test_stride_gives_one_factor_per_axis_and_is_checked(name: str, spatial_dims: int) -> None:
-    model = build_model(name, {}, IN_CHANNELS, CLASSES, spatial_dims)
+    model = build(name, spatial_dims)
     stride = size_multiple(model, spatial_dims)
     assert len(stride) == spatial_dims and all(s >= 1 for s in stride)
     check_divisible(model, {"preprocess.patch.size": [2 * s for s in stride]})
