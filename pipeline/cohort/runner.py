@@ -22,9 +22,9 @@ from pipeline.cohort.report import Row
 from pipeline.config.schema import CRFConfig
 from pipeline.errors import DataError, PipelineError
 from pipeline.inference.predictor import NetworkOutput, Predictor
+from pipeline.instances.measure import measure_instances, write_instances_csv
 from pipeline.io.atomic import WriteFault, write_json
 from pipeline.io.finite import count_non_finite, fill_non_finite
-from pipeline.instances.measure import measure_instances, write_instances_csv
 from pipeline.io.scan import Scan, output_name, read_scan, scan_suffix, write_labels, write_probabilities
 from pipeline.postprocess.postprocessor import Postprocessor
 from pipeline.runtime.device import select_device

@@ -13,10 +13,9 @@ from monai.transforms import Compose
 from pydantic import BaseModel, ConfigDict
 from tqdm import tqdm
 
-from pipeline.config.schema import Workflow
+from pipeline.config.schema import InstancesConfig, Workflow
 from pipeline.data.stage import PrepareRecord, training_identity
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
-from pipeline.config.schema import InstancesConfig
 from pipeline.errors import DataError
 from pipeline.instances.heads import TRAINED_METHODS
 from pipeline.instances.loss import EXTRA_KEYS
