@@ -39,7 +39,7 @@ CHAIN_1 = [
     ("call:pipeline.training.trainer:compute_loss", 3),  # train: epoch 2 of 3, mid-epoch (2 steps an epoch)
     ("replace:*/train/last.pt", 1),  # train: inside save_checkpoint, epoch 2's last.pt written, not renamed
     ("call:pipeline.training.trainer:write_json", 2),  # train: last epoch's last.pt renamed, history.json not written
-    ("call:pipeline.inference.stage:predict_file", 2),  # infer: first test case written, second not started
+    ("call:pipeline.inference.stage:predict_file_all", 2),  # infer: first test case written, second not started
     ("replace:*/infer/case*.nii.gz", 1),  # infer: the second case's prediction written, not renamed
     ("replace:*/postprocess/case*.nii.gz", 2),  # postprocess: the second case's label map written, not renamed
     ("replace:*/evaluate/overview.png", 1),  # evaluate: while writing the overview figure
