@@ -164,10 +164,9 @@ class EvaluateStage(Stage):
 
     def report(self, ctx: StageContext, record: StageRecord) -> Report:
         assert isinstance(record, EvaluateRecord)
-        overlays = set(record.overlays.values())
+        own_folder = set(record.overlays.values()) | set(record.objects.values())  # logged under their folders
         artifacts = tuple((ctx.path(f), None if f == "summary.json" else "evaluate") for f in record.files
-                          if f not in overlays)
-        artifacts = tuple(a for a in artifacts if a[0] not in {ctx.path(f) for f in record.objects.values()})
+                          if f not in own_folder)
         artifacts += tuple((ctx.path(f), "evaluate/overlays") for f in record.overlays.values())
         artifacts += tuple((ctx.path(f), "evaluate/instances") for f in record.objects.values())
         images = tuple((ctx.path(f), f"overlay/{case}") for case, f in record.overlays.items())

@@ -123,7 +123,7 @@ class Predictor:
                                             tuple(int(n) for n in image.meta["spatial_shape"]), keep)
         if head is None:
             return labels_np, probs, None
-        if head.out_channels != head.classes or head.method == "three_class":
+        if head.out_channels != head.classes:  # an instance head: fold its channels into the manifest's classes
             assert probs is not None
             labels_np = head.labels(probs)
         instances = head.decode(probs, labels_np)
