@@ -12,12 +12,20 @@ window settings; ``--plain-network`` adds the same with PyTorch's own instance n
 that process's VmHWM); repeats alternate the order. A second part runs one large volume (default 512×512×300,
 3 classes, labels only) through each to compare peak memory.
 
+The hardware is printed first (CPU model, its bf16/AMX flags, PyTorch's threads), and every row says its
+precision (``infer.precision``, :mod:`pipeline.runtime.precision`; the naive loop is always fp32). ``--precisions
+fp32 bf16`` adds rows of ours forced to those precisions (on a CPU without hardware bf16, bf16 is emulated: very
+slow); ``--compile`` adds ours with ``torch.compile`` (its end-to-end time includes the warm-up, which is also
+shown apart). The last column compares each row's labels with our fp32 run's (``ours`` when that is fp32).
+
 Usage::
 
     python bench/infer.py                                  # random-init V-Net of workflows/vnet_prostate.yaml
     python bench/infer.py --model models/vnet_prostate     # a bundle from `pipeline export`
     python bench/infer.py --cases 10 --shape 192 192 24 --repeats 3 --large-shape 512 512 300
     python bench/infer.py --model MODEL_DIR --plain-network --large-shape 0 0 0   # cohort rows only
+    python bench/infer.py --model MODEL_DIR --precisions fp32 bf16 --large-shape 0 0 0  # on a CPU with bf16
+    python bench/infer.py --cases 50 --compile --repeats 2 --large-shape 0 0 0     # is compiling worth it?
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,14 +148,14 @@ def child_naive(bundle_dir: Path, inputs: list[Path], out: Path, device: str = "
 
 
 def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int | None = None,
-               device: str = "cpu") -> float:
-    """`pipeline infer`'s engine, in process, on ``device``; returns the seconds of the batch (model already
-    loaded)."""
+               device: str = "cpu", precision: str | None = None, compile: bool = False) -> dict:
+    """`pipeline infer`'s engine, in process, on ``device``: the seconds of the batch (model already loaded; with
+    ``compile`` the warm-up is inside it and also returned apart), the resolved precision and the median case."""
     from pipeline.bundle import load_bundle
     from pipeline.cohort import InferOptions, infer_cohort
 
     bundle = load_bundle(bundle_dir)
-    options = InferOptions(output=out, device=device, overwrite=True,
+    options = InferOptions(output=out, device=device, overwrite=True, precision=precision, compile=compile,
                            **({} if prefetch is None else {"prefetch": prefetch}))
     t0 = time.perf_counter()
     rows = infer_cohort(bundle, inputs, options, progress=False)
@@ -154,14 +163,17 @@ def child_ours(bundle_dir: Path, inputs: list[Path], out: Path, prefetch: int | 
     failed = [r for r in rows if r.status != "written"]
     if failed:
         raise SystemExit(f"cases not written: {failed}")
-    return seconds
+    report = json.loads((out / "report.json").read_text())
+    return {"seconds": seconds, "precision": report.get("precision", "?"),
+            "warm_up": report.get("compile_warm_up_seconds"), "case_median": statistics.median(r.seconds for r in rows)}
 
 
-def child_network(bundle_dir: Path, inputs: list[Path], plain: bool = False) -> float:
+def child_network(bundle_dir: Path, inputs: list[Path], plain: bool = False, precision: str | None = None) -> dict:
     """Our sliding window alone (cases read and preprocessed beforehand, nothing written): the floor of our loop
     with this model and these window settings on this machine. ``plain`` runs the trained module as PyTorch
     builds it (channels-last weights, but PyTorch's instance norm) instead of :func:`for_inference`'s copy, to
-    show what that copy is worth. Both with the allocator setting ``infer_cohort`` applies."""
+    show what that copy is worth. Both with the allocator setting ``infer_cohort`` applies, in ``precision``
+    (default: the bundle's, auto)."""
     import torch
 
     from pipeline.bundle import load_bundle
@@ -169,26 +181,32 @@ def child_network(bundle_dir: Path, inputs: list[Path], plain: bool = False) -> 
     from pipeline.inference.predictor import Predictor
     from pipeline.runtime.sliding_window import channels_last
     from pipeline.io.scan import read_scan
+    from pipeline.runtime.precision import resolve_precision
 
     tune_allocator()  # as infer_cohort does
     bundle = load_bundle(bundle_dir)
-    predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, torch.device("cpu"), bundle.spatial_dims)
+    cpu = torch.device("cpu")
+    predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, cpu, bundle.spatial_dims,
+                          precision=resolve_precision(precision or bundle.infer.precision, cpu))
     if plain:
         predictor.model = bundle.model.eval().to(memory_format=channels_last(bundle.spatial_dims))
     prepared = [predictor.prepare(scan.array, scan.affine) for scan in map(read_scan, inputs)]
     t0 = time.perf_counter()
     for d in prepared:
         predictor.network(d)
-    return time.perf_counter() - t0
+    return {"seconds": time.perf_counter() - t0, "precision": predictor.precision.name}
 
 
-def agreement(ours: Path, naive: Path) -> float:
-    """Fraction of voxels where both loops give the same label, over the cohort."""
+def agreement(ours: Path, other: Path) -> float:
+    """Fraction of voxels where both loops give the same label, over the cohort (``other``: the naive loop's
+    ``NAME_seg.nii.gz`` files or another run of ours)."""
     import nibabel as nib
 
     same = total = 0
     for p in sorted(ours.glob("*.nii.gz")):
-        q = naive / p.name.replace(".nii.gz", "_seg.nii.gz")
+        q = other / p.name
+        if not q.is_file():
+            q = other / p.name.replace(".nii.gz", "_seg.nii.gz")
         a = np.asarray(nib.load(str(p)).dataobj)
         b = np.asarray(nib.load(str(q)).dataobj).reshape(a.shape)
         same += int((a == b).sum())
@@ -205,30 +223,70 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_child(kind: str, bundle: Path, inputs_dir: Path, out: Path, prefetch: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, str(bundle), str(inputs_dir), str(out),
+@dataclass(frozen=True)
+class Variant:
+    """One row: ``kind`` (naive, ours, network, network-plain) with a precision (None: the bundle's, auto) and
+    compile."""
+
+    label: str
+    kind: str
+    precision: str | None = None
+    compile: bool = False
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    rows = [Variant("naive", "naive"), Variant("ours", "ours")]
+    rows += [Variant(f"ours {p}", "ours", p) for p in args.precisions or ()]
+    if args.compile:
+        rows.append(Variant("ours compiled", "ours", None, True))
+    rows.append(Variant("network alone (our floor)", "network"))
+    rows += [Variant(f"network alone {p}", "network", p) for p in args.precisions or ()]
+    if args.plain_network:
+        rows.append(Variant("network alone, PyTorch's instance norm", "network-plain"))
+    return rows
+
+
+def run_child(variant: Variant, bundle: Path, inputs_dir: Path, out: Path, prefetch: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant.kind, str(bundle), str(inputs_dir), str(out),
            "--prefetch", str(prefetch)]
+    if variant.precision:
+        cmd += ["--precision", variant.precision]
+    if variant.compile:
+        cmd += ["--compile"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{variant.label} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def report_cohort(args: argparse.Namespace, results: dict[str, list[dict]], agree: float, threads: int) -> None:
-    def med(kind: str, key: str) -> float:
-        return statistics.median(x[key] for x in results[kind])
+def hardware_header() -> str:
+    """CPU model, the flags that decide bf16, PyTorch's threads and version: the first line of every table."""
+    from pipeline.runtime.precision import hardware_summary
 
-    print(f"\nCohort: {args.cases} synthetic prostate volumes {'x'.join(map(str, args.shape))} at "
-          f"{'x'.join(map(str, args.spacing))} mm, CPU, {threads} threads, median of {args.repeats}\n")
-    print("| loop | median s | cases/s | peak MB | speed-up |")
-    print("|---|---:|---:|---:|---:|")
-    labels = {"network": "network alone (our floor)", "network-plain": "network alone, PyTorch's instance norm"}
-    for kind in results:
-        s = med(kind, "seconds")
-        label = labels.get(kind, kind)
-        print(f"| {label} | {s:.1f} | {args.cases / s:.3f} | {med(kind, 'peak_mb'):.0f} | "
-              f"{med('naive', 'seconds') / s:.2f}x |")
-    print(f"\nlabel agreement ours vs naive: {agree * 100:.3f}% of voxels", flush=True)
+    h = hardware_summary()
+    return (f"CPU: {h['cpu']}; flags: {h['cpu_flags']}; hardware bf16: {h['hardware_bf16']}; "
+            f"torch {h['torch']}, {h['torch_threads']} threads")
+
+
+def report_cohort(args: argparse.Namespace, results: dict[Variant, list[dict]], agree: dict[Variant, str]) -> None:
+    def med(v: Variant, key: str) -> float:
+        return statistics.median(x[key] for x in results[v])
+
+    naive = next(v for v in results if v.kind == "naive")
+    print(f"\n{hardware_header()}")
+    print(f"Cohort: {args.cases} synthetic prostate volumes {'x'.join(map(str, args.shape))} at "
+          f"{'x'.join(map(str, args.spacing))} mm, CPU, median of {args.repeats}\n")
+    print("| loop | precision | median s | cases/s | peak MB | speed-up | labels = our fp32 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for v, runs in results.items():
+        s = med(v, "seconds")
+        precision = runs[0].get("precision", "fp32")
+        if v.compile:
+            warm = statistics.median(x["warm_up"] for x in runs)
+            precision += f", compiled (warm-up {warm:.1f} s of it)"
+        print(f"| {v.label} | {precision} | {s:.1f} | {args.cases / s:.3f} | {med(v, 'peak_mb'):.0f} | "
+              f"{med(naive, 'seconds') / s:.2f}x | {agree.get(v, '')} |")
+    print(flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large-only", action="store_true", help="only the large-volume memory comparison")
     ap.add_argument("--plain-network", action="store_true",
                     help="also time the network alone with PyTorch's own instance norm (what for_inference saves)")
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"],
+                    help="also rows of ours (and of the network alone) forced to these precisions")
+    ap.add_argument("--compile", action="store_true", help="also a row of ours with torch.compile")
+    ap.add_argument("--precision", help=argparse.SUPPRESS)  # a child's
     ap.add_argument("--workdir", help="keep inputs and outputs here (default: a temporary folder)")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "BUNDLE", "INPUTS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -252,33 +314,39 @@ def main(argv: list[str] | None = None) -> int:
         kind, bundle, inputs_dir, out = args.child
         inputs = sorted(Path(inputs_dir).glob("*.nii.gz"))
         if kind == "naive":
-            seconds = child_naive(Path(bundle), inputs, Path(out))
+            res: dict = {"seconds": child_naive(Path(bundle), inputs, Path(out)), "precision": "fp32"}
         elif kind in ("network", "network-plain"):
-            seconds = child_network(Path(bundle), inputs, plain=kind == "network-plain")
+            res = child_network(Path(bundle), inputs, plain=kind == "network-plain", precision=args.precision)
         else:
-            seconds = child_ours(Path(bundle), inputs, Path(out), args.prefetch)
-        print(json.dumps({"kind": kind, "seconds": seconds, "cases": len(inputs), "peak_mb": peak_mb()}))
+            res = child_ours(Path(bundle), inputs, Path(out), args.prefetch, precision=args.precision,
+                             compile=args.compile)
+        print(json.dumps({"kind": kind, **res, "cases": len(inputs), "peak_mb": peak_mb()}))
         return 0
-
-    import torch
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-infer."))
     bundle = Path(args.model) if args.model else random_bundle(work / "model")
     if not args.large_only:
         inputs_dir = work / f"cohort_{'x'.join(map(str, args.shape))}_{'x'.join(map(str, args.spacing))}"
         make_cohort(inputs_dir, args.cases, tuple(args.shape), tuple(args.spacing))
-        print(f"model {bundle}; {args.cases} volumes {tuple(args.shape)}; torch threads {torch.get_num_threads()}",
-              file=sys.stderr)
-        kinds = ("naive", "ours", "network") + (("network-plain",) if args.plain_network else ())
-        results: dict[str, list[dict]] = {k: [] for k in kinds}
+        print(f"model {bundle}; {args.cases} volumes {tuple(args.shape)}; {hardware_header()}", file=sys.stderr)
+        rows = variants(args)
+        results: dict[Variant, list[dict]] = {v: [] for v in rows}
+        folder = {v: f"out_{i}" for i, v in enumerate(rows)}
         for r in range(args.repeats):
-            order = kinds if r % 2 == 0 else tuple(reversed(kinds))
-            for kind in order:
-                res = run_child(kind, bundle, inputs_dir, work / f"out_{kind}_{r}", args.prefetch)
-                results[kind].append(res)
-                print(f"repeat {r + 1}: {kind} {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB",
-                      file=sys.stderr, flush=True)
-        report_cohort(args, results, agreement(work / "out_ours_0", work / "out_naive_0"), torch.get_num_threads())
+            for v in rows if r % 2 == 0 else reversed(rows):
+                res = run_child(v, bundle, inputs_dir, work / f"{folder[v]}_{r}", args.prefetch)
+                results[v].append(res)
+                print(f"repeat {r + 1}: {v.label} ({res['precision']}) {res['seconds']:.1f} s, peak "
+                      f"{res['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+        written = [v for v in rows if v.kind in ("naive", "ours")]
+        reference = next((v for v in written if v.kind == "ours" and results[v][0]["precision"] == "fp32"), None)
+        agree = {}
+        if reference is not None:
+            for v in written:
+                if v != reference:
+                    agree[v] = f"{agreement(work / f'{folder[v]}_0', work / f'{folder[reference]}_0') * 100:.3f}%"
+            agree[reference] = "(reference)"
+        report_cohort(args, results, agree)
     if all(args.large_shape):
         large_dir = work / f"large_{'x'.join(map(str, args.large_shape))}"
         make_cohort(large_dir, 1, tuple(args.large_shape), LARGE_SPACING)
@@ -287,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| loop | seconds | peak MB |")
         print("|---|---:|---:|")
         for kind in ("naive", "ours"):
-            res = run_child(kind, bundle, large_dir, work / f"large_{kind}", args.prefetch)
+            res = run_child(Variant(kind, kind), bundle, large_dir, work / f"large_{kind}", args.prefetch)
             print(f"| {kind} | {res['seconds']:.1f} | {res['peak_mb']:.0f} |", flush=True)
     return 0
 

@@ -264,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo cases already done with this model and options")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--prefetch", type=int, default=2, help="cases read and preprocessed ahead (threads)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="arithmetic of the network: auto = bf16 where the CPU (amx_bf16/avx512_bf16 flags) or GPU "
+                   "multiplies it in hardware, else fp32 (default: the bundle's infer.precision, auto); the choice is "
+                   "printed and in report.json")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the network before the first case (a warm-up of a minute or more, reported "
+                   "apart; worth it only on long cohorts where it is faster: see the README; default: the bundle's "
+                   "infer.compile)")
     p.add_argument("--max-voxels", type=_voxel_count, default=2**28, metavar="N",
                    help="largest scan read, in voxels times channels (default 2**28 = 268435456, 1 GiB as float32): "
                    "a header declaring more is refused before anything is decompressed; raise it for larger scans")

@@ -114,6 +114,7 @@ def export_bundle(run_dir: Path, out_dir: Path, name: str | None = None, overwri
         preprocess=wf.preprocess, infer=wf.infer, postprocess=PostprocessConfig.model_validate(postprocess),
         source={"run_dir": str(run_dir), "workflow": wf.name, "epoch": ckpt.get("epoch"),
                 "best_val_dice": train.best_val_dice, "best_epoch": train.best_epoch,
+                "train_precision": train.precision,
                 "experiment": wf.tracking.experiment or wf.name, "tracking_uri": wf.tracking.tracking_uri},
         extra_files={"workflow.yaml": run.path("workflow.yaml")}, overwrite=overwrite,
     )

@@ -51,17 +51,28 @@ class InferOptions:
     # them; None: what the bundle was trained with (its preprocess.nan_policy), see :meth:`resolve`.
     nan_policy: Literal["refuse", "fill"] | None = None
     max_voxels: int = 2**28  # a scan whose header declares more voxels (times channels) is refused unread
+    # The network's arithmetic (auto, fp32, bf16, fp16) and torch.compile; None: the bundle's infer settings.
+    precision: str | None = None
+    compile: bool | None = None
 
     def resolve(self, bundle: Bundle) -> InferOptions:
         """These options with the bundle's defaults filled in: ``nan_policy`` (refuse for a bundle that does not
-        record one)."""
-        return self if self.nan_policy is not None else replace(self, nan_policy=bundle.preprocess.nan_policy)
+        record one), ``precision`` and ``compile`` (its ``infer`` settings)."""
+        return replace(self, nan_policy=self.nan_policy or bundle.preprocess.nan_policy,
+                       precision=self.precision or bundle.infer.precision,
+                       compile=bundle.infer.compile if self.compile is None else self.compile)
+
+    def infer_config(self, bundle: Bundle) -> Any:
+        """The bundle's ``infer`` settings with these options' precision and compile."""
+        opts = self.resolve(bundle)
+        return bundle.infer.model_copy(update={"precision": opts.precision, "compile": opts.compile})
 
     def key_part(self) -> dict[str, Any]:
         """The options that change an output's bytes (``nan_policy`` only when ``fill``: refuse is what the keys
         of earlier versions meant)."""
         return {"suffix": self.suffix, "probabilities": self.probabilities, "crf": self.crf,
-                **({"nan_policy": "fill"} if self.nan_policy == "fill" else {})}
+                **({"nan_policy": "fill"} if self.nan_policy == "fill" else {}),
+                **({"compile": True} if self.compile else {})}
 
 
 def infer_cohort(bundle: Bundle, inputs: Sequence[Path], options: InferOptions, executor: str = "local",
@@ -121,9 +132,20 @@ def _infer_locked(bundle: Bundle, inputs: Sequence[Path], options: InferOptions,
     for stale in stale_found:
         log.info("removed %s left by an interrupted run", stale)
     jobs = plan_jobs(inputs, options)
+    from pipeline.runtime.device import select_device
+    from pipeline.runtime.precision import hardware_summary
+
     meta = {"model": {"name": bundle.name, "path": str(bundle.path), "digest": bundle.digest},
-            "options": {k: str(v) for k, v in asdict(options).items()}, "executor": executor}
+            "options": {k: str(v) for k, v in asdict(options).items()}, "executor": executor,
+            "hardware": hardware_summary(select_device(options.device))}
     report = ReportWriter(options.output, meta, len(jobs))  # a full disk or read-only folder stops the batch
+
+    def on_started(precision: str, warm_up: float | None) -> None:
+        """The model is ready (local executor): its resolved precision and compile warm-up, in the report."""
+        meta["precision"] = precision
+        if warm_up is not None:
+            meta["compile_warm_up_seconds"] = round(warm_up, 3)
+
     rows = report.rows
     bar = tqdm(total=len(jobs), desc="infer", unit="case", disable=not progress, dynamic_ncols=True)
 
@@ -135,7 +157,8 @@ def _infer_locked(bundle: Bundle, inputs: Sequence[Path], options: InferOptions,
         report.add(row)
 
     try:
-        EXECUTORS.get(executor)(bundle, options, jobs, on_row, address=ray_address, workers=ray_workers)
+        EXECUTORS.get(executor)(bundle, options, jobs, on_row, address=ray_address, workers=ray_workers,
+                                on_started=on_started)
     except BatchStopped:
         pass  # report.outcome() says what happened
     finally:

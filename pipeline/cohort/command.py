@@ -47,7 +47,8 @@ def infer_command(args: argparse.Namespace) -> int:
     check_folder(Path(args.output), "--output folder")  # a file, a dangling symlink, a loop: before the model loads
     options = InferOptions(output=Path(args.output), suffix=args.suffix, probabilities=args.save_probabilities,
                            crf=args.crf, overwrite=args.overwrite, device=args.device, prefetch=args.prefetch,
-                           nan_policy=args.nan_policy, max_voxels=args.max_voxels)
+                           nan_policy=args.nan_policy, max_voxels=args.max_voxels, precision=args.precision,
+                           compile=args.compile)
     uri = resolve_tracking_uri(args.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="pipeline-model.") as cache:
         bundle = load_bundle(resolve_model(args.model, uri, Path(cache)))

@@ -55,15 +55,21 @@ class CaseRunner:
         self.bundle, self.options = bundle, options
         self.device = device or select_device(options.device)
         self.head = bundle.head
-        self.predictor = Predictor(bundle.model, bundle.preprocess, bundle.infer, self.device, bundle.spatial_dims,
-                                   self.head)
+        self.predictor = Predictor(bundle.model, bundle.preprocess, options.infer_config(bundle), self.device,
+                                   bundle.spatial_dims, self.head)
+        log.info("precision: %s", self.predictor.precision.describe())
+        if options.compile:
+            log.info("compiling the network (torch.compile) for its window batches ...")
+            log.info("torch.compile warm-up: %.1f s (before the first case, in no case's time)",
+                     self.predictor.warm_up())
         # --crf: the bundle's CRF settings (the default ones when it has none); without it no CRF.
         crf = (bundle.postprocess.crf or CRFConfig()) if options.crf else None
         self.postprocessor = Postprocessor(bundle.postprocess.model_copy(update={"crf": crf}), bundle.num_classes)
         self.needs_probs = options.probabilities or self.postprocessor.needs_probabilities  # on the scan's grid
-        # What changes an output's bytes: the model, the options, the code (its version) and the device (float16
-        # autocast on CUDA).
+        # What changes an output's bytes: the model, the options, the code (its version), the device and the
+        # network's arithmetic (bf16 and fp16 round differently from fp32).
         self.model_key = {"bundle": bundle.digest, **options.key_part(), "device": self.device.type,
+                          "precision": self.predictor.precision.name,
                           "pipeline": bundle_versions().get("medseg-pipeline")}
 
     def _state(self, job: Job) -> Path:

@@ -12,7 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.config.instances import InstancesConfig
+from pipeline.config.strict import Strict
+
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # pipeline.runtime.precision resolves it on the device
+PRECISION_HELP = ("arithmetic of the network: auto = bf16 where the CPU or GPU multiplies it in hardware (fp16 on "
+                  "older GPUs), else fp32; fp32, bf16 or fp16 to force one")
 MAX_PATH_LENGTH = 4096  # PATH_MAX on Linux
 
 
@@ -56,13 +62,6 @@ def _unique_axes(v: list[int]) -> list[int]:
     if len(set(v)) != len(v):
         raise ValueError(f"each spatial axis may be listed once, not {v}")
     return v
-
-
-class Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, values are not coerced across types, and numbers are
-    finite (NaN and infinity are refused)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -207,6 +206,9 @@ class InferConfig(SlidingWindowConfig):
     """Sliding-window prediction of the test cases (the infer stage) and of ``pipeline infer``."""
 
     device: Device = "auto"
+    precision: Precision = Field(default="auto", description=PRECISION_HELP)
+    compile: bool = Field(default=False, description="torch.compile the network before the first case (a warm-up "
+                          "of a minute or more; pays off on long cohorts, see the README)")
 
 
 class ValidationConfig(SlidingWindowConfig):
@@ -233,7 +235,9 @@ class TrainConfig(Strict):
     lr_schedule: ScheduleConfig = ScheduleConfig()
     loss: ComponentConfig = ComponentConfig(name="dice")
     val_every: int = Field(default=5, ge=1, le=MAX_EPOCHS)
-    amp: bool = True
+    amp: bool = Field(default=True, description="false: precision auto means fp32 (the setting from before "
+                      "precision; with precision set explicitly it has no effect)")
+    precision: Precision = Field(default="auto", description=PRECISION_HELP)
     num_workers: int = Field(default=0, ge=0, le=1024)
     device: Device = "auto"
     progress: bool = True
@@ -318,41 +322,6 @@ class EvaluateConfig(Strict):
     overlays: bool = Field(default=True, description="one PNG per test case (image, reference, prediction on a few "
                            "slices) in evaluate/overlays/, also shown in MLflow")
     overlay_slices: int = Field(default=3, ge=1, le=9, description="slices per overlay (3D scans)")
-
-
-class InstancesConfig(Strict):
-    """Objects (cell nuclei) as an instance label map, one id per object (``pipeline.instances``)."""
-
-    method: Literal["components", "watershed", "three_class", "distance"] = Field(
-        description="components: connected components of the mask; watershed: the mask split at its distance "
-        "transform's maxima; three_class: train background / interior / touching boundary with the U-Net border "
-        "weights and grow interior seeds; distance: train a normalised distance-to-border channel too and grow "
-        "its cores")
-    boundary_px: int = Field(default=2, ge=1, le=64, description="three_class: half-width of the touching "
-                             "boundary, in pixels of the finest axis")
-    border_w0: float = Field(default=10.0, ge=0, le=1000, allow_inf_nan=False,
-                             description="three_class: w0 of the border weight map (0: class balance only)")
-    border_sigma_px: float = Field(default=5.0, gt=0, le=1000, allow_inf_nan=False,
-                                   description="three_class: sigma of the border weight map, in pixels")
-    distance_weight: float = Field(default=1.0, gt=0, le=1000, allow_inf_nan=False,
-                                   description="distance: weight of the distance term in the loss")
-    seed_threshold: float = Field(default=0.5, gt=0, lt=1, allow_inf_nan=False,
-                                  description="distance: a nucleus' core is where the predicted normalised distance "
-                                  "exceeds this")
-    min_size_px: int = Field(default=10, ge=0, le=10**9, description="objects with fewer pixels are dropped")
-
-    def target(self) -> dict[str, Any]:
-        """The settings that change training (part of the train and preprocess stage keys)."""
-        keys = {"three_class": ("boundary_px", "border_w0", "border_sigma_px"),
-                "distance": ("distance_weight",)}.get(self.method, ())
-        return {"method": self.method, **{k: getattr(self, k) for k in keys}}
-
-    def decoder(self) -> dict[str, Any]:
-        """The decoder's settings (:mod:`pipeline.instances.decode`)."""
-        out: dict[str, Any] = {"min_size_px": self.min_size_px}
-        if self.method == "distance":
-            out["seed_threshold"] = self.seed_threshold
-        return out
 
 
 class TrackingConfig(Strict):

@@ -11,18 +11,28 @@ V-Net (instance norm after every convolution) that costs about as much as all th
 per-channel statistics on a ``(N, voxels, C)`` view of the channels-last memory, so the layout survives. The
 arithmetic is the usual two-pass mean and biased variance; results equal ``nn.InstanceNorm`` to float32 rounding
 (``tests/inference/test_optimize.py``). The trained model itself is left untouched.
+
+:func:`compile_network` and :func:`warm_up` are ``infer.compile`` / ``pipeline infer --compile``: ``torch.compile``
+of that copy, compiled before the first case for every window-batch size the sliding window uses, so the cases'
+times hold none of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
+import locale
 import os
 import sys
+import time
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from pipeline.errors import PipelineError
+from pipeline.runtime.precision import Precision
 from pipeline.runtime.sliding_window import channels_last
 
 _INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -68,6 +78,63 @@ def for_inference(model: nn.Module, spatial_dims: int) -> nn.Module:
     clone = copy.deepcopy(model).eval()
     _swap_norms(clone)
     return clone.to(memory_format=channels_last(spatial_dims))
+
+
+@contextlib.contextmanager
+def _utf8_text() -> Iterator[None]:
+    """TorchInductor reads its kernel templates with the locale's encoding; ITK (reading a scan) sets the process
+    locale to "C", whose encoding is ASCII, and the templates hold UTF-8. Compile under a UTF-8 ``LC_CTYPE`` and put
+    the locale back after."""
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        yield
+        return
+    before = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+    except locale.Error:
+        yield
+        return
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+
+
+def compile_network(model: nn.Module) -> nn.Module:
+    """``torch.compile`` (TorchInductor) of an inference copy; nothing is compiled until :func:`warm_up`."""
+    with _utf8_text():
+        return torch.compile(model)  # type: ignore[return-value]
+
+
+def window_batch_sizes(sw_batch_size: int) -> list[int]:
+    """The batch sizes :func:`warm_up` compiles for: the full window batch, one below it (the second size makes
+    PyTorch compile the batch axis as dynamic, which then serves every size from 2 up) and 1 (always its own
+    graph): the last batch of a row of windows can be any size up to ``sw_batch_size``."""
+    return sorted({sw_batch_size, max(sw_batch_size - 1, 1), 1}, reverse=True)
+
+
+def warm_up(model: nn.Module, in_channels: int, roi_size: Sequence[int], sw_batch_size: int, device: torch.device,
+            precision: Precision) -> float:
+    """Run the (compiled) network once per window-batch size on zeros, in the inference layout and precision, so
+    that compilation happens here and not inside a case; returns the seconds it took.
+
+    Raises:
+        PipelineError: compilation failed (on the CPU TorchInductor needs a C++ compiler).
+    """
+    layout = channels_last(len(roi_size))
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad(), _utf8_text():
+            for b in window_batch_sizes(sw_batch_size):
+                x = torch.zeros((b, in_channels, *map(int, roi_size)), device=device).contiguous(memory_format=layout)
+                with precision.on(device).autocast():
+                    model(x)
+    except Exception as exc:  # torch._dynamo / inductor errors have many types; the cause is in the message
+        raise PipelineError(f"infer.compile: torch.compile of the network failed ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}); on the CPU it "
+                            "needs a C++ compiler (apt-get install g++); or run without --compile "
+                            "(infer.compile: false)") from None
+    return time.perf_counter() - t0
 
 
 def _swap_norms(module: nn.Module) -> None:

@@ -27,8 +27,9 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from pipeline.config.schema import InferConfig, PreprocessConfig
-from pipeline.inference.optimize import for_inference
+from pipeline.inference.optimize import compile_network, for_inference, warm_up
 from pipeline.instances.heads import Head
+from pipeline.runtime.precision import Precision, resolve_precision
 from pipeline.runtime.sliding_window import LabelSink, ProbabilitySink, argmax_labels, stitch_with_fallback
 from pipeline.transforms.build import deterministic_transforms
 
@@ -43,11 +44,21 @@ class NetworkOutput:
 
 
 class Predictor:
-    """A network with its preprocessing and sliding-window settings."""
+    """A network with its preprocessing and sliding-window settings.
+
+    The network runs in ``infer.precision`` resolved on ``device`` (:mod:`pipeline.runtime.precision`), or in
+    ``precision`` when given; with ``infer.compile`` the inference copy is compiled (:meth:`warm_up` compiles it
+    before the first case).
+    """
 
     def __init__(self, model: nn.Module, preprocess: PreprocessConfig, infer: InferConfig, device: torch.device,
-                 spatial_dims: int, head: Head | None = None) -> None:
+                 spatial_dims: int, head: Head | None = None, precision: Precision | None = None) -> None:
         self.model = for_inference(model, spatial_dims).to(device)  # a channels-last copy; `model` is untouched
+        self.in_channels = _in_channels(model)
+        if infer.compile:
+            self.model = compile_network(self.model)
+        self.precision = precision or resolve_precision(infer.precision, device)
+        self.warm_up_seconds: float | None = None
         self.head = head
         self.device = device
         self.infer = infer
@@ -82,11 +93,23 @@ class Predictor:
         if case is None:
             meta = getattr(image, "meta", {})
             case = str(meta.get("filename_or_obj", "") or "")
+        if self.infer.compile and self.warm_up_seconds is None:
+            self.warm_up()
         stitch_with_fallback(self.model, image, self.infer, self.device, sink, case=case,
-                             activation=head.activation if head is not None else None)
+                             activation=head.activation if head is not None else None, precision=self.precision)
         if isinstance(sink, ProbabilitySink):
             return NetworkOutput(prepared, None, sink.result)
         return NetworkOutput(prepared, sink.result, None)
+
+    def warm_up(self) -> float:
+        """Compile the network for every window-batch size now (``infer.compile``; once), so no case's time holds
+        it; returns the seconds (0 without ``infer.compile``)."""
+        if not self.infer.compile:
+            return 0.0
+        if self.warm_up_seconds is None:
+            self.warm_up_seconds = warm_up(self.model, self.in_channels, self.infer.roi_size,
+                                           self.infer.sw_batch_size, self.device, self.precision)
+        return self.warm_up_seconds
 
     def _invert(self, prepared: dict[str, Any], data: torch.Tensor, nearest: bool) -> torch.Tensor:
         image = prepared["image"]
@@ -136,6 +159,14 @@ class Predictor:
                  probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """All three steps in sequence."""
         return self.restore(self.network(self.prepare(array, affine), probabilities), probabilities)
+
+
+def _in_channels(model: nn.Module) -> int:
+    """The input channels of a network: those of its first convolution (1 when it has none)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return int(m.in_channels)
+    return 1
 
 
 def in_plane_affine(affine: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import nibabel as nib
@@ -10,6 +11,7 @@ from tqdm import tqdm
 
 from pipeline.config.schema import Workflow
 from pipeline.data.stage import PrepareRecord
+from pipeline.engine.hooks import Report
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.errors import PipelineError
 from pipeline.inference.predictor import Predictor
@@ -18,8 +20,11 @@ from pipeline.io.scan import write_like, write_probabilities_like
 from pipeline.models import build_model
 from pipeline.models.shapes import check_divisible
 from pipeline.runtime.device import select_device
+from pipeline.runtime.precision import resolve_precision
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.stage import TrainRecord
+
+log = logging.getLogger("pipeline")
 
 
 def predict_file(predictor: Predictor, image_path: str, probabilities: bool = False
@@ -67,6 +72,8 @@ class InferRecord(StageRecord):
     probabilities: dict[str, str] = {}
     validation_probabilities: dict[str, str] = {}
     instances: dict[str, str] = {}  # test case id → instance map (one id per object), with ``instances``
+    precision: str = "fp32"  # the network's arithmetic: infer.precision resolved on the device
+    compile_warm_up_seconds: float | None = None  # infer.compile: the compilation before the first case
 
 
 @STAGES.register("infer")
@@ -78,8 +85,17 @@ class InferStage(Stage):
     record = InferRecord
 
     def config(self, workflow: Workflow) -> Any:
+        """The inference settings; the precision as what it resolves to here, only when not fp32, and compile
+        only when on (the keys of runs from before either existed stay as they were)."""
         crf = workflow.postprocess.crf
-        out = {"infer": workflow.infer.model_dump(mode="json"),
+        infer = workflow.infer.model_dump(mode="json")
+        infer.pop("precision")
+        if infer.pop("compile"):
+            infer["compile"] = True
+        resolved = _precision(workflow)
+        if resolved != "fp32":
+            infer["precision"] = resolved
+        out = {"infer": infer,
                "preprocess": workflow.preprocess.model_dump(mode="json"),
                "save_probabilities": crf is not None, "predict_validation": crf is not None and crf.tune is not None}
         if workflow.instances is not None:
@@ -97,6 +113,11 @@ class InferStage(Stage):
         check_divisible(model, {"infer.roi_size": wf.infer.roi_size})
         head = inference_head(ckpt, wf, prep.num_classes)
         predictor = Predictor(model, wf.preprocess, wf.infer, device, prep.spatial_dims, head)
+        log.info("[infer] precision: %s", predictor.precision.describe())
+        warm = None
+        if wf.infer.compile:
+            warm = predictor.warm_up()
+            log.info("[infer] torch.compile warm-up: %.1f s (before the first case)", warm)
         crf = wf.postprocess.crf
         todo = [("test", c) for c in prep.split("test")]
         if crf is not None and crf.tune is not None:  # CRF tuning needs the validation cases' probabilities
@@ -122,4 +143,19 @@ class InferStage(Stage):
             if save_probs:
                 out["probabilities" if split == "test" else "validation_probabilities"][case.id] = probs_rel
         files = tuple(f for group in out.values() for f in group.values())
-        return InferRecord(files=files, **out)
+        return InferRecord(files=files, precision=predictor.precision.name, compile_warm_up_seconds=warm, **out)
+
+    def report(self, ctx: StageContext, record: StageRecord) -> Report:
+        assert isinstance(record, InferRecord)
+        metrics = ({"infer_compile_warm_up_seconds": record.compile_warm_up_seconds}
+                   if record.compile_warm_up_seconds is not None else {})
+        return Report(metrics=metrics, tags={"infer_precision": record.precision})
+
+
+def _precision(workflow: Workflow) -> str:
+    """``infer.precision`` resolved on the device inference would use here."""
+    try:
+        device = select_device(workflow.infer.device)
+    except PipelineError:  # cuda asked for without a GPU: the stage itself says so
+        return "fp32"
+    return resolve_precision(workflow.infer.precision, device, quiet=True).name

@@ -30,6 +30,7 @@ from torch import nn
 
 from pipeline.config.schema import SlidingWindowConfig
 from pipeline.runtime.oom import HOST, Attempt, run_with_fallback
+from pipeline.runtime.precision import FP32, Precision
 
 Sink = Callable[[int, int, torch.Tensor], None]
 Activation = Callable[[torch.Tensor], torch.Tensor]
@@ -86,7 +87,7 @@ def stitch(
     mode: str = "gaussian",
     sigma_scale: float = 0.125,
     flip_axes: Sequence[int] = (),
-    amp: bool = True,
+    precision: Precision = FP32,
     stitch_device: torch.device | None = None,
     activation: Activation | None = None,
 ) -> None:
@@ -105,7 +106,8 @@ def stitch(
         sigma_scale: width of the Gaussian weights relative to the window.
         flip_axes: spatial axes to mirror for test-time augmentation: each window's logits are averaged with
             those of its mirrored copies (mirrored back).
-        amp: float16 autocast when ``device`` is CUDA.
+        precision: the network's arithmetic (:mod:`pipeline.runtime.precision`; bf16 or fp16 run it under
+            autocast); the logits are cast to float32 before blending and the activation.
         stitch_device: where the stitching buffer lives (default ``device``); each window batch's logits are
             copied there.
         activation: blended logits ``(C, *slab)`` → what the sink gets (default: softmax over the channels; an
@@ -130,7 +132,7 @@ def stitch(
     windows = [tuple(int(s.start) for s in w) for w in dense_patch_slices(padded, roi, interval)]
     weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=sdev, dtype=torch.float32)
     variants = [()] + [(a + 2,) for a in flip_axes]
-    autocast = torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda")
+    precision = precision.on(device)
     depth = roi[0]
     acc: torch.Tensor | None = None  # (K, depth, *padded[1:]) weighted logits of the slab under the windows
     count = _buffer((depth, *padded[1:]), sdev)
@@ -167,7 +169,7 @@ def stitch(
             logits = None
             for dims in variants:
                 inp = torch.flip(batch, dims) if dims else batch
-                with autocast:
+                with precision.autocast():
                     out = model(inp)
                 out = out.float()
                 out = torch.flip(out, dims) if dims else out
@@ -198,6 +200,7 @@ def stitch_with_fallback(
     case: str = "",
     host: torch.device = HOST,
     activation: Activation | None = None,
+    precision: Precision = FP32,
 ) -> Attempt:
     """:func:`stitch` with ``cfg``'s settings, retried on out-of-memory errors with a halved window batch, then
     the stitching on ``host``, then the network on ``host`` (:func:`pipeline.runtime.oom.run_with_fallback`).
@@ -215,6 +218,7 @@ def stitch_with_fallback(
         case: names the case in the warnings.
         host: where the fallback stitches and runs the network.
         activation: as for :func:`stitch`.
+        precision: as for :func:`stitch` (on the host rung: what ``auto`` picks there).
 
     Returns:
         the rung that produced the result (``step == "configured"`` when nothing ran out of memory).
@@ -227,7 +231,8 @@ def stitch_with_fallback(
         try:
             stitch(model, image, cfg.roi_size, step.network_device, sink, overlap=cfg.overlap,
                    sw_batch_size=step.sw_batch_size, mode=cfg.mode, sigma_scale=cfg.sigma_scale,
-                   flip_axes=cfg.tta_flip_axes, stitch_device=step.stitch_device, activation=activation)
+                   flip_axes=cfg.tta_flip_axes, stitch_device=step.stitch_device, activation=activation,
+                   precision=precision)
         finally:
             if moved:
                 model.to(device)
@@ -243,7 +248,7 @@ def channels_last(spatial_dims: int) -> torch.memory_format:
 
 
 def predict_case(model: nn.Module, image: torch.Tensor, cfg: SlidingWindowConfig, device: torch.device,
-                 case: str = "", activation: Activation | None = None) -> torch.Tensor:
+                 case: str = "", activation: Activation | None = None, precision: Precision = FP32) -> torch.Tensor:
     """Softmax probabilities ``(K, *spatial)`` (CPU, float32) of one preprocessed channel-first image, with the
     workflow's sliding-window settings (:func:`stitch_with_fallback`: out-of-memory errors fall back).
 
@@ -254,8 +259,9 @@ def predict_case(model: nn.Module, image: torch.Tensor, cfg: SlidingWindowConfig
         device: where the network runs.
         case: names the case in out-of-memory warnings.
         activation: as for :func:`stitch`.
+        precision: as for :func:`stitch`.
     """
     sink = ProbabilitySink(image.shape[1:], dtype=torch.float32)
-    stitch_with_fallback(model, image, cfg, device, sink, case=case, activation=activation)
+    stitch_with_fallback(model, image, cfg, device, sink, case=case, activation=activation, precision=precision)
     assert sink.result is not None
     return sink.result

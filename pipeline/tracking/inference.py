@@ -39,9 +39,24 @@ def batch_started(bundle: Any, model_ref: str, n_inputs: int, options: Any, exec
         "executor": executor, "device": options.device, "suffix": options.suffix,
         "save_probabilities": options.probabilities, "crf": options.crf, "overwrite": options.overwrite,
         "nan_policy": options.nan_policy or bundle.preprocess.nan_policy,
-        **{f"infer.{k}": v for k, v in bundle.infer.model_dump().items()},
+        **{f"infer.{k}": v for k, v in options.infer_config(bundle).model_dump().items()},
     }
+    precision = _resolved_precision(options.device, params["infer.precision"])
+    if precision is not None:
+        params["precision"] = tags["precision"] = precision
     return RunStarted(f"infer-{bundle.name}", output, Report(params=params, tags=tags))
+
+
+def _resolved_precision(device: str, requested: str) -> str | None:
+    """What ``requested`` resolves to on ``device`` here (None when the device cannot be had: the batch says so)."""
+    from pipeline.errors import PipelineError
+    from pipeline.runtime.device import select_device
+    from pipeline.runtime.precision import resolve_precision
+
+    try:
+        return resolve_precision(requested, select_device(device), quiet=True).name
+    except PipelineError:
+        return None
 
 
 def batch_ended(rows: Sequence[Any], seconds: float, output: Path, status: str | None = None,
@@ -64,5 +79,19 @@ def batch_ended(rows: Sequence[Any], seconds: float, output: Path, status: str |
             metrics["cases_per_second"] = counts["written"] / seconds
             metrics["seconds_per_case_median"] = statistics.median(done)
         status = "FAILED" if counts["failed"] else "FINISHED"
+    warm_up = _report_value(output, "compile_warm_up_seconds")
+    if isinstance(warm_up, (int, float)):
+        metrics["compile_warm_up_seconds"] = float(warm_up)
     artifacts = tuple((output / f, None) for f in ("report.json", "report.csv") if (output / f).is_file())
     return RunEnded(status, Report(metrics=metrics, artifacts=artifacts), error=error)
+
+
+def _report_value(output: Path, key: str) -> Any:
+    """One top-level value of the batch's ``report.json`` (None when the report or the key is missing)."""
+    import json
+
+    try:
+        doc = json.loads((output / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get(key) if isinstance(doc, dict) else None

@@ -39,6 +39,8 @@ class TrainRecord(StageRecord):
         device: where it trained (``cpu``, ``cuda:0``).
         learning_curve: the PNG of loss, validation Dice and learning rate per epoch.
         world_size: how many processes trained (``pipeline run --nproc``, torchrun).
+        precision: the network's arithmetic while training (``fp32``, ``bf16``, ``fp16``: ``train.precision``
+            resolved on the device).
         resumed_from_epoch: the epochs an interrupted attempt had finished when this one resumed from its last
             checkpoint (None: trained from the start).
     """
@@ -53,6 +55,7 @@ class TrainRecord(StageRecord):
     learning_curve: str | None = None
     world_size: int = 1
     resumed_from_epoch: int | None = None
+    precision: str = "fp32"
 
 
 @STAGES.register("train")
@@ -71,9 +74,14 @@ class TrainStage(Stage):
 
     def config(self, workflow: Workflow) -> Any:
         """Seed, model, training (with its validation windows) and the preprocessing (patches, augmentation):
-        nothing of ``infer``, ``postprocess`` or ``evaluate``."""
+        nothing of ``infer``, ``postprocess`` or ``evaluate``. The precision counts as what it resolves to on this
+        machine, and only when that is not fp32 (so fp32 runs keep the folders named before precision existed)."""
         train = workflow.train.model_dump(mode="json")
         train.pop("progress")
+        train.pop("precision")
+        resolved = training_precision(workflow)
+        if resolved != "fp32":
+            train["precision"] = resolved
         if not train["sync_batchnorm"]:  # the default keeps the run folders named before it existed
             train.pop("sync_batchnorm")
         out = {"seed": workflow.seed, "model": workflow.model.model_dump(mode="json"), "train": train,
@@ -96,7 +104,7 @@ class TrainStage(Stage):
                            best_val_dice=result.best_dice if result.best_dice >= 0 else None,
                            best_epoch=result.best_epoch, epochs=result.epochs, device=result.device,
                            learning_curve=curve, world_size=result.world_size,
-                           resumed_from_epoch=result.resumed_from_epoch)
+                           resumed_from_epoch=result.resumed_from_epoch, precision=result.precision)
 
     def report(self, ctx: StageContext, record: StageRecord) -> Report:
         assert isinstance(record, TrainRecord)
@@ -115,9 +123,23 @@ class TrainStage(Stage):
             images = ((ctx.path(record.learning_curve), "learning_curve"),)
         tags = {"device": record.device} if record.device else {}
         tags["world_size"] = str(record.world_size)
+        tags["train_precision"] = record.precision
         if record.resumed_from_epoch is not None:
             tags["resumed_from_epoch"] = str(record.resumed_from_epoch)
         return Report(metrics=metrics, series=series, artifacts=artifacts, images=images, tags=tags)
+
+
+def training_precision(workflow: Workflow) -> str:
+    """``train.precision`` resolved on the device training would use here (``fp32``, ``bf16`` or ``fp16``)."""
+    from pipeline.runtime.device import select_device
+    from pipeline.runtime.precision import resolve_precision
+
+    cfg = workflow.train
+    try:
+        device = select_device(cfg.device)
+    except PipelineError:  # cuda asked for without a GPU: training itself says so
+        return "fp32"
+    return resolve_precision(cfg.precision, device, amp=cfg.amp, quiet=True).name
 
 
 def train_with_rank0(workflow: Workflow, run_dir: Path) -> int:

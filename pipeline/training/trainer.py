@@ -1,6 +1,8 @@
 """Supervised training of a segmentation network on preprocessed cases.
 
-Poly learning-rate decay (power from config, 0.9 by default) per iteration, AMP on CUDA, validation Dice every
+Poly learning-rate decay (power from config, 0.9 by default) per iteration, mixed precision where the hardware has
+it (``train.precision``, :mod:`pipeline.runtime.precision`: bf16 autocast on CPUs and GPUs that multiply bf16, fp16
+with loss scaling on older GPUs; weights, optimizer state and checkpoints stay float32), validation Dice every
 ``val_every`` epochs on whole validation volumes (sliding window), best and last checkpoints, resume from the
 last checkpoint, and a seed that makes CPU runs repeatable (every epoch re-seeds the sampler and augmentations).
 
@@ -45,6 +47,7 @@ from pipeline.io.atomic import write_json
 from pipeline.losses import LOSSES
 from pipeline.models import build_model
 from pipeline.models.shapes import check_divisible
+from pipeline.runtime.precision import FP32, Precision, resolve_precision
 from pipeline.runtime.sliding_window import predict_case
 from pipeline.training import distributed
 from pipeline.training.checkpoint import (
@@ -68,15 +71,19 @@ class TrainResult:
     device: str = "cpu"
     world_size: int = 1
     resumed_from_epoch: int | None = None
+    precision: str = "fp32"
 
 
 def compute_loss(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  extras: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The training loss; a model that returns ``(logits, aux_logits)`` in training mode (PSPNet's auxiliary head)
     adds ``model.aux_weight`` times the auxiliary loss. The instance-aware losses also get the extra targets
-    (:mod:`pipeline.instances.loss`)."""
+    (:mod:`pipeline.instances.loss`). Under bf16/fp16 autocast only the network runs in the lower precision: the
+    loss (softmax, Dice, cross-entropy) is computed from float32 logits with autocast off."""
     def loss(logits: torch.Tensor) -> torch.Tensor:
-        return loss_fn(logits, y) if extras is None else loss_fn(logits, y, extras)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            return loss_fn(logits, y) if extras is None else loss_fn(logits, y, extras)
 
     out = model(x)
     if isinstance(out, (tuple, list)):
@@ -103,18 +110,18 @@ def _schedule(opt: torch.optim.Optimizer, wf: Workflow, total_iters: int) -> tor
 
 
 def validate(model: nn.Module, data: list[dict[str, Any]], wf: Workflow, device: torch.device,
-             num_classes: int, head: Head | None = None) -> float:
+             num_classes: int, head: Head | None = None, precision: Precision = FP32) -> float:
     """Mean foreground Dice over the validation volumes (on the preprocessed grid), with the sliding-window settings
     of ``train.validation``, on the manifest's classes (an instance head's output folded into them). Reduced here,
     not by ``DiceMetric.aggregate``, which would wait for the other ranks of a torchrun launch (only rank 0
-    validates)."""
+    validates). The network runs in the training's ``precision``; the Dice is computed on float32 probabilities."""
     head = head or Head(num_classes)
     window = wf.train.validation.window(wf.preprocess.patch.size)
     metric = DiceMetric(include_background=False, reduction="mean", ignore_empty=True)
     model.eval()
     per_case = []
     for item in data:
-        probs = predict_case(model, item["image"], window, device, activation=head.activation)
+        probs = predict_case(model, item["image"], window, device, activation=head.activation, precision=precision)
         labels = torch.from_numpy(head.labels(probs.numpy())).long()
         pred = one_hot(labels[None, None], num_classes)
         truth = one_hot(head.training_labels(item["label"]).long()[None], num_classes)
@@ -166,12 +173,14 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
     model = distributed.unwrap(net)  # SyncBatchNorm (when asked) swapped in; what checkpoints save
     opt = _optimizer(model, wf)
     sched = _schedule(opt, wf, cfg.epochs * iters)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = resolve_precision(cfg.precision, device, amp=cfg.amp, quiet=not main)
+    if main:
+        log.info("[train] precision: %s", precision.describe())
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler)
 
     meta = {"model": {"name": wf.model.name, "kwargs": model_kwargs, "in_channels": len(channels),
                       "out_channels": head.out_channels, "spatial_dims": spatial_dims},
-            "labels": labels, "channels": channels, "head": head.to_json()}
+            "labels": labels, "channels": channels, "head": head.to_json(), "precision": precision.name}
     start, best_dice, best_epoch, history = 0, -1.0, -1, []
     last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
     resumed_from = None
@@ -183,6 +192,9 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         scaler.load_state_dict(state["scaler"])
         start, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
         history = list(state["history"])
+        if state.get("precision", "fp32") != precision.name and main:
+            log.warning("[train] %s was trained in %s; resuming in %s (the run is no longer repeatable as one "
+                        "precision)", last_path, state.get("precision", "fp32"), precision.name)
         _restore_rng(state, rank, world, train_tf, generator, device)
         resumed_from = start
         log.info("[train] resuming after epoch %d of %d", start, cfg.epochs)
@@ -201,7 +213,7 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
             x, y = batch["image"].to(device), batch["label"].to(device)
             extras = {k: batch[k].to(device) for k in extra_keys} if extra_keys else None
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            with precision.autocast():
                 loss = compute_loss(net, loss_fn, x, y, extras)
             if not torch.isfinite(loss):
                 raise PipelineError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); "
@@ -217,7 +229,8 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
         row: dict[str, float] = {"epoch": epoch + 1, "train_loss": distributed.mean(sum(losses) / len(losses), device),
                                  "lr": opt.param_groups[0]["lr"]}
         if main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            dice = validate(model, list(val_ds), wf, device, num_classes, head) if len(val_ds) else float("nan")
+            dice = (validate(model, list(val_ds), wf, device, num_classes, head, precision) if len(val_ds)
+                    else float("nan"))
             row["val_dice"] = dice
             if len(val_ds) == 0 or dice > best_dice:
                 best_dice, best_epoch = (dice if dice == dice else best_dice), epoch + 1
@@ -237,7 +250,7 @@ def train(wf: Workflow, run_dir: Path, stage_dir: Path, cases: Mapping[str, Sequ
     if main:  # a run killed between the last epoch's checkpoint and its history resumes with no epoch left
         write_json(stage_dir / "history.json", history)
     bar.close()
-    return TrainResult(best_dice, best_epoch, cfg.epochs, history, str(device), world, resumed_from)
+    return TrainResult(best_dice, best_epoch, cfg.epochs, history, str(device), world, resumed_from, precision.name)
 
 
 def trained_head(wf: Workflow, num_classes: int) -> Head:

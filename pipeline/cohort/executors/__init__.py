@@ -27,10 +27,14 @@ class Executor(Protocol):
     Args:
         address: where the executor's cluster is (``--ray-address``); ``None``: its default.
         workers: how many model copies run at once (``--ray-workers``); ``None``: the executor's choice.
+        on_started: called once the one model of the executor is ready, with its resolved precision and its
+            ``torch.compile`` warm-up seconds (None without compile), for the report; executors with several
+            model copies do not call it.
     """
 
     def __call__(self, bundle: Bundle, options: InferOptions, jobs: Sequence[Job], on_row: Callable[[Row], None],
-                 address: str | None = None, workers: int | None = None) -> None: ...
+                 address: str | None = None, workers: int | None = None,
+                 on_started: Callable[[str, float | None], None] | None = None) -> None: ...
 
 
 EXECUTORS: Registry[Executor] = Registry("executor")

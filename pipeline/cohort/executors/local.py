@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import deque
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from pipeline.cohort.executors import EXECUTORS
 from pipeline.cohort.report import Row
+
+log = logging.getLogger("pipeline")
 
 if TYPE_CHECKING:
     from pipeline.bundle import Bundle
@@ -19,12 +22,17 @@ if TYPE_CHECKING:
 
 @EXECUTORS.register("local")
 def local_executor(bundle: Bundle, options: InferOptions, jobs: Sequence[Job], on_row: Callable[[Row], None],
-                   address: str | None = None, workers: int | None = None) -> None:
+                   address: str | None = None, workers: int | None = None,
+                   on_started: Callable[[str, float | None], None] | None = None) -> None:
     """:func:`run_local` with a :class:`~pipeline.cohort.runner.CaseRunner` of ``bundle`` (``address`` and
-    ``workers`` do not apply: one model, ``options.prefetch`` cases read ahead)."""
+    ``workers`` do not apply: one model, ``options.prefetch`` cases read ahead). ``on_started`` gets the
+    network's resolved precision and, with compile, the warm-up seconds, once the model is ready."""
     from pipeline.cohort.runner import CaseRunner
 
-    run_local(CaseRunner(bundle, options), jobs, on_row, options.prefetch)
+    runner = CaseRunner(bundle, options)
+    if on_started is not None:
+        on_started(runner.predictor.precision.name, runner.predictor.warm_up_seconds)
+    run_local(runner, jobs, on_row, options.prefetch)
 
 
 def _background_thread() -> None:

@@ -49,12 +49,14 @@ class _RayWorker:
 
 @EXECUTORS.register("ray")
 def run_ray(bundle: Bundle, options: InferOptions, jobs: Sequence[Job], on_row: Callable[[Row], None],
-            address: str | None = None, workers: int | None = None) -> None:
+            address: str | None = None, workers: int | None = None,
+            on_started: Callable[[str, float | None], None] | None = None) -> None:
     """Distribute cases over a Ray cluster (``address``; default: the running one, else a local instance).
 
     One actor per GPU when the cluster has GPUs; otherwise one per 4 CPUs (``workers`` overrides, capped at what
     the cluster has). A case whose actor dies is reported failed and the actor replaced; if actors cannot start,
-    the remaining cases fail with the reason.
+    the remaining cases fail with the reason. Each actor resolves the precision on its own hardware and compiles
+    (``--compile``) when it starts, before its first case (``on_started`` is not called: there is no one model).
 
     Raises:
         PipelineError: Ray is not installed, or the cluster cannot be reached.
