@@ -360,7 +360,7 @@ def child_oom(device_name: str) -> dict:
     fallback = ProbabilitySink(image.shape[1:], dtype=torch.float32)
     reached = stitch_with_fallback(model, image, cfg, device, fallback, case="gpu-check")
     model.refuse = False
-    plain = ProbabilitySink(image.shape[1:], dtype=torch.float32)  # on the GPU, float16 autocast
+    plain = ProbabilitySink(image.shape[1:], dtype=torch.float32)  # on the GPU, fp32 (stitch's default)
     stitch_with_fallback(model, image, cfg, device, plain)
     assert fallback.result is not None and plain.result is not None
     max_diff = float((fallback.result - plain.result).abs().max())

@@ -235,6 +235,7 @@ class Variant:
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
+    """The rows asked for, in table order (``--kinds`` keeps only some kinds of loop)."""
     rows = [Variant("naive", "naive"), Variant("ours", "ours")]
     rows += [Variant(f"ours {p}", "ours", p) for p in args.precisions or ()]
     if args.compile:
@@ -243,7 +244,7 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     rows += [Variant(f"network alone {p}", "network", p) for p in args.precisions or ()]
     if args.plain_network:
         rows.append(Variant("network alone, PyTorch's instance norm", "network-plain"))
-    return rows
+    return [v for v in rows if v.kind in args.kinds or (v.kind == "network-plain" and "network" in args.kinds)]
 
 
 def run_child(variant: Variant, bundle: Path, inputs_dir: Path, out: Path, prefetch: int) -> dict:
@@ -272,7 +273,7 @@ def report_cohort(args: argparse.Namespace, results: dict[Variant, list[dict]], 
     def med(v: Variant, key: str) -> float:
         return statistics.median(x[key] for x in results[v])
 
-    naive = next(v for v in results if v.kind == "naive")
+    naive = next((v for v in results if v.kind == "naive"), next(iter(results)))  # speed-up against it
     print(f"\n{hardware_header()}")
     print(f"Cohort: {args.cases} synthetic prostate volumes {'x'.join(map(str, args.shape))} at "
           f"{'x'.join(map(str, args.spacing))} mm, CPU, median of {args.repeats}\n")
@@ -305,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"],
                     help="also rows of ours (and of the network alone) forced to these precisions")
     ap.add_argument("--compile", action="store_true", help="also a row of ours with torch.compile")
+    ap.add_argument("--kinds", nargs="+", choices=["naive", "ours", "network"], default=["naive", "ours", "network"],
+                    help="which loops to time (speed-ups are against the naive loop, else the first row)")
     ap.add_argument("--precision", help=argparse.SUPPRESS)  # a child's
     ap.add_argument("--workdir", help="keep inputs and outputs here (default: a temporary folder)")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "BUNDLE", "INPUTS", "OUT"), help=argparse.SUPPRESS)
