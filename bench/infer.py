@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -247,14 +248,24 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     return [v for v in rows if v.kind in args.kinds or (v.kind == "network-plain" and "network" in args.kinds)]
 
 
-def run_child(variant: Variant, bundle: Path, inputs_dir: Path, out: Path, prefetch: int) -> dict:
+def run_child(variant: Variant, bundle: Path, inputs_dir: Path, out: Path, prefetch: int,
+              compile_cache: Path | None = None) -> dict:
+    """One variant in a fresh process; a compiled one with TorchInductor's cache in ``compile_cache`` (default: a
+    new empty folder beside ``out``, so its warm-up is a first run's, not one served from an earlier compilation's
+    cache)."""
     cmd = [sys.executable, __file__, "--child", variant.kind, str(bundle), str(inputs_dir), str(out),
            "--prefetch", str(prefetch)]
     if variant.precision:
         cmd += ["--precision", variant.precision]
     if variant.compile:
         cmd += ["--compile"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if variant.compile:
+        cache = compile_cache or out.parent / f"{out.name}.inductor-cache"
+        if compile_cache is None:
+            shutil.rmtree(cache, ignore_errors=True)  # empty: a first run's warm-up, also with a reused --workdir
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{variant.label} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -305,7 +316,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time the network alone with PyTorch's own instance norm (what for_inference saves)")
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"],
                     help="also rows of ours (and of the network alone) forced to these precisions")
-    ap.add_argument("--compile", action="store_true", help="also a row of ours with torch.compile")
+    ap.add_argument("--compile", action="store_true", help="also a row of ours with torch.compile (an empty "
+                    "compilation cache each run: the warm-up of a first run)")
+    ap.add_argument("--warm-compile-cache", action="store_true",
+                    help="with --compile: keep TorchInductor's cache across the repeats (the warm-up of a machine "
+                    "that compiled this model before)")
     ap.add_argument("--kinds", nargs="+", choices=["naive", "ours", "network"], default=["naive", "ours", "network"],
                     help="which loops to time (speed-ups are against the naive loop, else the first row)")
     ap.add_argument("--precision", help=argparse.SUPPRESS)  # a child's
@@ -337,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = {v: f"out_{i}" for i, v in enumerate(rows)}
         for r in range(args.repeats):
             for v in rows if r % 2 == 0 else reversed(rows):
-                res = run_child(v, bundle, inputs_dir, work / f"{folder[v]}_{r}", args.prefetch)
+                res = run_child(v, bundle, inputs_dir, work / f"{folder[v]}_{r}", args.prefetch,
+                                work / "inductor-cache" if args.warm_compile_cache else None)
                 results[v].append(res)
                 print(f"repeat {r + 1}: {v.label} ({res['precision']}) {res['seconds']:.1f} s, peak "
                       f"{res['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
@@ -347,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         if reference is not None:
             for v in written:
                 if v != reference:
-                    agree[v] = f"{agreement(work / f'{folder[v]}_0', work / f'{folder[reference]}_0') * 100:.3f}%"
+                    agree[v] = f"{agreement(work / f'{folder[reference]}_0', work / f'{folder[v]}_0') * 100:.3f}%"
             agree[reference] = "(reference)"
         report_cohort(args, results, agree)
     if all(args.large_shape):

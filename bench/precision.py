@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def speed_up(ratio: float) -> str:
+    """``1.73x``, or for a large slow-down ``1/415`` (an emulated precision)."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"1/{1 / ratio:.0f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workflow", default=str(ROOT / "workflows" / "vnet_prostate.yaml"))
@@ -110,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| precision | forward ms (runs) | speed-up | train step ms (runs) | speed-up | argmax = fp32 |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, reason, fwd, nf, step, ns, agree in rows:
-        up_f = f"{base[2] / fwd:.2f}x" if base else "-"
-        up_s = f"{base[4] / step:.2f}x" if base else "-"
+        up_f = speed_up(base[2] / fwd) if base else "-"
+        up_s = speed_up(base[4] / step) if base else "-"
         label = name + (" (emulated)" if "emulated" in reason else "")
         print(f"| {label} | {fwd * 1000:.0f} ({nf}) | {up_f} | {step * 1000:.0f} ({ns}) | {up_s} | "
               f"{agree * 100:.2f}% |")

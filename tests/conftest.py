@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
+from pipeline.runtime.precision import AUTO_ENV
 from tests.utils import blob_dataset, tiny_workflow
+
+# `auto` precision means fp32 in the tests, whichever CPU the runner has: on one with AMX or AVX-512 BF16 it would
+# train and infer in bf16, and the figures the tests compare with are fp32 ones. Set here, at import, so the
+# commands the tests start as subprocesses inherit it; the tests of the policy itself unset it
+# (tests/runtime/test_precision.py), and explicit bf16 is tested on every machine.
+os.environ[AUTO_ENV] = "fp32"
 
 
 @pytest.fixture(scope="session", autouse=True)

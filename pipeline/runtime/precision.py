@@ -5,7 +5,10 @@
 (Intel Sapphire Rapids and later, AMD Zen 4 and later) and CUDA devices that support it (Ampere and later); float16
 on older CUDA devices (what ``train.amp`` always did there); float32 everywhere else. It never picks the emulated
 bfloat16 of older CPUs: on an AVX2 CPU a 3D convolution under bfloat16 autocast ran ~90x slower than in float32.
-``train.amp: false`` makes ``auto`` mean float32 (the meaning it had before ``precision`` existed).
+``train.amp: false`` makes ``auto`` mean float32 (the meaning it had before ``precision`` existed). The
+environment variable ``MEDSEG_AUTO_PRECISION`` (``fp32``, ``bf16`` or ``fp16``) pins what ``auto`` means on a
+machine, whatever its hardware: the same arithmetic on every node of a mixed cluster, or a test suite whose
+results do not depend on which CPU the CI runner drew (``tests/conftest.py`` pins fp32).
 
 Only the network runs in the lower precision, under :func:`torch.autocast` (convolutions and matrix products;
 weights stay float32, so checkpoints keep their format). Everything around it stays float32: the instance-norm
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,10 +30,13 @@ from typing import Literal
 
 import torch
 
+from pipeline.errors import PipelineError
+
 log = logging.getLogger("pipeline")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 Requested = Literal["auto", "fp32", "bf16", "fp16"]
+AUTO_ENV = "MEDSEG_AUTO_PRECISION"
 HARDWARE_BF16 = ("amx_bf16", "avx512_bf16")  # lscpu / /proc/cpuinfo flags of CPUs that multiply bf16 natively
 HARDWARE_FP16 = ("amx_fp16", "avx512_fp16")
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
@@ -144,6 +151,13 @@ def resolve_precision(requested: str, device: torch.device | str, amp: bool = Tr
         raise ValueError(f"precision {requested!r}: use one of {', '.join(PRECISIONS)}")
     if requested == "fp32":
         return Precision("fp32", kind, requested, "asked for")
+    pinned = os.environ.get(AUTO_ENV, "").strip().lower()
+    if requested == "auto" and pinned:
+        if pinned not in PRECISIONS[1:]:
+            raise PipelineError(f"${AUTO_ENV}={pinned!r}: use fp32, bf16 or fp16 (or unset it)")
+        if not amp:
+            return Precision("fp32", kind, requested, "auto with train.amp false")
+        return Precision(pinned, kind, requested, f"auto pinned by ${AUTO_ENV}")  # type: ignore[arg-type]
     cpu = cpu or cpu_info()
     if kind == "cuda":
         if cuda_bf16 is None:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.errors import PipelineError
 from pipeline.inference.optimize import for_inference
-from pipeline.runtime.precision import FP32, cpu_info, hardware_summary, parse_cpuinfo, resolve_precision
+from pipeline.runtime.precision import AUTO_ENV, FP32, cpu_info, hardware_summary, parse_cpuinfo, resolve_precision
 from pipeline.runtime.sliding_window import ProbabilitySink, stitch
 
 CPU = torch.device("cpu")
@@ -24,6 +25,12 @@ EPYC_AVX2 = f"processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: {AVX2_FLAG
 SAPPHIRE_RAPIDS = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: "
                    f"{AVX2_FLAGS} avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8\n")
 ZEN4 = f"processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: {AVX2_FLAGS} avx512f avx512bw avx512_bf16\n"
+
+
+@pytest.fixture(autouse=True)
+def _unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of what ``auto`` picks from the hardware: not pinned (tests/conftest.py pins it)."""
+    monkeypatch.delenv(AUTO_ENV, raising=False)
 
 
 def cpu(text: str):
@@ -57,6 +64,19 @@ def test_amp_false_makes_auto_fp32():
     assert resolve_precision("auto", CPU, amp=False, cpu=cpu(SAPPHIRE_RAPIDS)).name == "fp32"
     assert resolve_precision("auto", "cuda", amp=False, cuda_bf16=True).name == "fp32"
     assert resolve_precision("bf16", CPU, amp=False, cpu=cpu(SAPPHIRE_RAPIDS)).name == "bf16"  # explicit wins
+
+
+def test_auto_can_be_pinned_by_the_environment(monkeypatch):
+    monkeypatch.setenv(AUTO_ENV, "bf16")
+    p = resolve_precision("auto", CPU, cpu=cpu(EPYC_AVX2))
+    assert p.name == "bf16" and p.reason == f"auto pinned by ${AUTO_ENV}"
+    assert resolve_precision("auto", CPU, amp=False).name == "fp32"
+    assert resolve_precision("fp32", CPU).name == "fp32"  # an explicit choice is not overridden
+    monkeypatch.setenv(AUTO_ENV, "FP32")
+    assert resolve_precision("auto", CPU, cpu=cpu(SAPPHIRE_RAPIDS)).name == "fp32"
+    monkeypatch.setenv(AUTO_ENV, "half")
+    with pytest.raises(PipelineError, match=f"\\${AUTO_ENV}='half': use fp32, bf16 or fp16"):
+        resolve_precision("auto", CPU)
 
 
 def test_auto_on_gpus():
