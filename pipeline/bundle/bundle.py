@@ -40,7 +40,10 @@ from pipeline.training.checkpoint import load_checkpoint, refused_pickle
 log = logging.getLogger("pipeline")
 
 BUNDLE_FORMAT = "medseg-pipeline-bundle"
-BUNDLE_FORMAT_VERSION = 1
+# 2: `infer.precision` and `infer.compile`, and an instance head's `head` key; a version-1 reader would refuse the
+# first as unknown keys (and misread a three-class head as three classes), so it is told to upgrade instead.
+# Version-1 bundles load as before (precision auto, no compile, the classes only).
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "bundle.json"
 WEIGHTS = "weights.pt"
 VERSIONED_PACKAGES = ("medseg-pipeline", "torch", "monai", "numpy", "nibabel", "simpleitk", "mlflow")

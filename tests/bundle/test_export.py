@@ -48,6 +48,9 @@ def test_bundle_records_the_runs_real_best_validation_dice(exported, tiny_run):
     best = max(history, key=lambda row: row.get("val_dice", -1.0))
     assert isinstance(meta["source"]["best_val_dice"], float)
     assert meta["source"]["best_val_dice"] == best["val_dice"] and meta["source"]["best_epoch"] == best["epoch"]
+    train = json.loads((run_dir / "train" / "_stage.json").read_text())["record"]
+    assert meta["source"]["train_precision"] == train["precision"] == "fp32"  # auto, pinned to fp32 in the tests
+    assert meta["infer"]["precision"] == "auto" and meta["infer"]["compile"] is False  # decided where it runs
     assert torch.load(out / "weights.pt", weights_only=True).keys() == torch.load(
         run_dir / "train" / "best.pt", weights_only=True)["model_state"].keys()
 
@@ -97,3 +100,16 @@ def test_newer_bundle_format_is_refused(exported, tmp_path):
 
     with pytest.raises(PipelineError, match="upgrade medseg-pipeline"):
         load_bundle(copy)
+
+
+def test_a_version_1_bundle_still_loads(exported, tmp_path):
+    """Bundles from before precision and instance heads: no infer.precision / infer.compile, format_version 1."""
+    out, meta, _ = exported
+    copy = tmp_path / "v1"
+    copy.mkdir()
+    (copy / "weights.pt").write_bytes((out / "weights.pt").read_bytes())
+    infer = {k: v for k, v in meta["infer"].items() if k not in ("precision", "compile")}
+    (copy / "bundle.json").write_text(json.dumps({**meta, "format_version": 1, "infer": infer}))
+    bundle = load_bundle(copy)
+    assert bundle.infer.precision == "auto" and bundle.infer.compile is False and bundle.head.method is None
+
