@@ -20,7 +20,7 @@ from pipeline.io.scan import write_like, write_probabilities_like
 from pipeline.models import build_model
 from pipeline.models.shapes import check_divisible
 from pipeline.runtime.device import select_device
-from pipeline.runtime.precision import resolve_precision
+from pipeline.runtime.precision import precision_here
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.stage import TrainRecord
 
@@ -92,8 +92,8 @@ class InferStage(Stage):
         infer.pop("precision")
         if infer.pop("compile"):
             infer["compile"] = True
-        resolved = _precision(workflow)
-        if resolved != "fp32":
+        resolved = precision_here(workflow.infer.precision, workflow.infer.device)
+        if resolved not in (None, "fp32"):
             infer["precision"] = resolved
         out = {"infer": infer,
                "preprocess": workflow.preprocess.model_dump(mode="json"),
@@ -151,11 +151,3 @@ class InferStage(Stage):
                    if record.compile_warm_up_seconds is not None else {})
         return Report(metrics=metrics, tags={"infer_precision": record.precision})
 
-
-def _precision(workflow: Workflow) -> str:
-    """``infer.precision`` resolved on the device inference would use here."""
-    try:
-        device = select_device(workflow.infer.device)
-    except PipelineError:  # cuda asked for without a GPU: the stage itself says so
-        return "fp32"
-    return resolve_precision(workflow.infer.precision, device, quiet=True).name

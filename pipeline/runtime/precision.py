@@ -191,6 +191,19 @@ def resolve_precision(requested: str, device: torch.device | str, amp: bool = Tr
     return Precision(requested, kind, requested, "asked for" + ("" if native else ", emulated on this CPU"))
 
 
+def precision_here(requested: str, device: str, amp: bool = True) -> str | None:
+    """What ``requested`` resolves to on the device the setting ``device`` (``auto``, ``cpu``, ``cuda``) picks on
+    this machine (stage keys, run records): ``fp32``, ``bf16`` or ``fp16``; None when that device cannot be had
+    (``cuda`` without a GPU: the stage or batch itself says so)."""
+    from pipeline.runtime.device import select_device
+
+    try:
+        target = select_device(device)
+    except PipelineError:
+        return None
+    return resolve_precision(requested, target, amp=amp, quiet=True).name
+
+
 def hardware_summary(device: torch.device | str = "cpu") -> dict[str, str]:
     """What decides the speed of the arithmetic here: CPU model, its bf16/AMX flags, PyTorch's thread count and
     version, and the GPU when ``device`` is CUDA (bench tables and run records print it)."""

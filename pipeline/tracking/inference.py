@@ -41,22 +41,12 @@ def batch_started(bundle: Any, model_ref: str, n_inputs: int, options: Any, exec
         "nan_policy": options.nan_policy or bundle.preprocess.nan_policy,
         **{f"infer.{k}": v for k, v in options.infer_config(bundle).model_dump().items()},
     }
-    precision = _resolved_precision(options.device, params["infer.precision"])
+    from pipeline.runtime.precision import precision_here
+
+    precision = precision_here(params["infer.precision"], options.device)
     if precision is not None:
         params["precision"] = tags["precision"] = precision
     return RunStarted(f"infer-{bundle.name}", output, Report(params=params, tags=tags))
-
-
-def _resolved_precision(device: str, requested: str) -> str | None:
-    """What ``requested`` resolves to on ``device`` here (None when the device cannot be had: the batch says so)."""
-    from pipeline.errors import PipelineError
-    from pipeline.runtime.device import select_device
-    from pipeline.runtime.precision import resolve_precision
-
-    try:
-        return resolve_precision(requested, select_device(device), quiet=True).name
-    except PipelineError:
-        return None
 
 
 def batch_ended(rows: Sequence[Any], seconds: float, output: Path, status: str | None = None,

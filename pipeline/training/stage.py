@@ -18,6 +18,7 @@ from pipeline.engine.records import read_finished
 from pipeline.engine.stage import STAGES, Stage, StageContext, StageRecord
 from pipeline.errors import PipelineError
 from pipeline.instances.heads import TRAINED_METHODS
+from pipeline.runtime.precision import precision_here
 from pipeline.training import distributed
 from pipeline.training.curves import learning_curve_png
 from pipeline.training.trainer import load_history, train
@@ -79,8 +80,8 @@ class TrainStage(Stage):
         train = workflow.train.model_dump(mode="json")
         train.pop("progress")
         train.pop("precision")
-        resolved = training_precision(workflow)
-        if resolved != "fp32":
+        resolved = precision_here(workflow.train.precision, workflow.train.device, workflow.train.amp)
+        if resolved not in (None, "fp32"):
             train["precision"] = resolved
         if not train["sync_batchnorm"]:  # the default keeps the run folders named before it existed
             train.pop("sync_batchnorm")
@@ -127,19 +128,6 @@ class TrainStage(Stage):
         if record.resumed_from_epoch is not None:
             tags["resumed_from_epoch"] = str(record.resumed_from_epoch)
         return Report(metrics=metrics, series=series, artifacts=artifacts, images=images, tags=tags)
-
-
-def training_precision(workflow: Workflow) -> str:
-    """``train.precision`` resolved on the device training would use here (``fp32``, ``bf16`` or ``fp16``)."""
-    from pipeline.runtime.device import select_device
-    from pipeline.runtime.precision import resolve_precision
-
-    cfg = workflow.train
-    try:
-        device = select_device(cfg.device)
-    except PipelineError:  # cuda asked for without a GPU: training itself says so
-        return "fp32"
-    return resolve_precision(cfg.precision, device, amp=cfg.amp, quiet=True).name
 
 
 def train_with_rank0(workflow: Workflow, run_dir: Path) -> int:
